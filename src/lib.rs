@@ -1,0 +1,10 @@
+//! dhsa: Dynamic Hierarchical Sparse Attention for llama.cpp prefill.
+//!
+//! One library, built twice: as the rlib behind the `dhsa` runner and as the plugin
+//! `libggml_dhsa.so` that a stock llama.cpp loads through `GGML_BACKEND_PATH`.
+
+pub mod config;
+pub mod ggml;
+pub mod llama;
+pub mod models;
+pub mod runner;
