@@ -38,6 +38,7 @@ fn main() {
     }
 
     let simd = compile_c();
+    bind_kernels();
     println!("cargo:rustc-env=DHSA_CPU_SIMD_BUILT={simd}");
 
     if env::var_os("CARGO_FEATURE_CUDA").is_some() {
@@ -81,6 +82,7 @@ fn compile_c() -> String {
         .opt_level(3)
         .std("c11")
         .flag("-fno-math-errno")
+        .flag("-fopenmp")
         .flag_if_supported("-Wall")
         .flag_if_supported("-Wextra")
         .flag_if_supported("-Wno-unused-parameter")
@@ -115,7 +117,27 @@ fn compile_c() -> String {
         }
     }
     b.compile("dhsa_kernels");
+    // the kernels share libgomp's thread pool with ggml's CPU backend (same threads, no oversubscription)
+    println!("cargo:rustc-link-lib=dylib=gomp");
     level
+}
+
+/// Rust declarations of csrc/dhsa.h, the whole C ABI of the kernels.
+fn bind_kernels() {
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    bindgen::Builder::default()
+        .header("csrc/dhsa.h")
+        .allowlist_function("dhsa_.*")
+        .allowlist_type("dhsa_.*")
+        .allowlist_var("DHSA_.*")
+        .prepend_enum_name(false)
+        .default_enum_style(bindgen::EnumVariation::Consts)
+        .derive_default(true)
+        .generate_comments(false)
+        .generate()
+        .expect("bindgen on csrc/dhsa.h")
+        .write_to_file(out.join("dhsa_kernels.rs"))
+        .expect("write kernel bindings");
 }
 
 fn find_nvcc() -> Result<PathBuf, String> {

@@ -8,3 +8,7 @@ pub mod ggml;
 pub mod llama;
 pub mod models;
 pub mod runner;
+pub mod kernels;
+pub mod reference;
+pub mod rng;
+pub mod opgen;
