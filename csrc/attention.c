@@ -69,8 +69,9 @@ const char *dhsa_op_unsupported(const dhsa_op *op) {
     if (op->n_head / op->n_head_kv > 64) return "more than 64 query heads per kv head";
     if (!type_ok(op->k_type, op->dk)) return "K type not computed (f32, f16, bf16, q8_0 with DK % 32 == 0)";
     if (!type_ok(op->v_type, op->dv)) return "V type not computed (f32, f16, bf16, q8_0 with DV % 32 == 0)";
-    if (op->mask) {
-        if (op->mask_ne2 <= 0 || op->mask_ne3 <= 0) return "empty mask";
+    /* presence is mask_ne2 > 0: the scheduler asks before the data is allocated */
+    if (op->mask_ne2 > 0) {
+        if (op->mask_ne3 <= 0) return "empty mask";
         if (op->n_head % op->mask_ne2 != 0 || op->ne3 % op->mask_ne3 != 0) return "mask does not broadcast";
     } else if (op->max_bias > 0.0f) {
         return "ALiBi without a mask";
@@ -149,32 +150,6 @@ static scratch_t carve(float *base, const dhsa_op *op, const consts *c) {
     s.idx = (int32_t *)TAKE(KT);
 #undef TAKE
     return s;
-}
-
-/* ---- row conversion -------------------------------------------------------------------------- */
-
-static void row_to_f32(int32_t type, const char *src, float *dst, int64_t n) {
-    switch (type) {
-    case DHSA_F32:
-        memcpy(dst, src, (size_t)n * sizeof(float));
-        break;
-    case DHSA_F16:
-        f16_to_f32_row((const uint16_t *)src, dst, n);
-        break;
-    case DHSA_BF16:
-        bf16_to_f32_row((const uint16_t *)src, dst, n);
-        break;
-    case DHSA_Q8_0: /* blocks of {f16 d; int8 qs[32]} */
-        for (int64_t b = 0; b < n / 32; b++) {
-            const char *blk = src + b * 34;
-            uint16_t dh;
-            memcpy(&dh, blk, 2);
-            const float d = f16_to_f32(dh);
-            const int8_t *qs = (const int8_t *)(blk + 2);
-            for (int i = 0; i < 32; i++) dst[b * 32 + i] = d * (float)qs[i];
-        }
-        break;
-    }
 }
 
 /* ---- GEMM micro-kernel: C[m][n] (+)= sum_k A(m,k) B[k][n], A(m,k) = A[m*a_rs + k*a_cs] ---------- */
@@ -431,7 +406,7 @@ static int64_t count_visible(const dhsa_op *op, int n_threads) {
 int dhsa_attention(const dhsa_op *op, const dhsa_plan *plan, int n_threads, float *scratch, int64_t scratch_stride,
                    int want_visible, dhsa_counters *counters) {
     if (dhsa_op_unsupported(op) || n_threads < 1 || !scratch) return -1;
-    if (!op->q || !op->k || !op->v || !op->dst) return -1;
+    if (!op->q || !op->k || !op->v || !op->dst || (op->mask_ne2 > 0) != (op->mask != 0)) return -1;
     if (plan && (plan->q_block <= 0 || plan->n_blocks != cdiv(op->n_q, plan->q_block) ||
                  (plan->n_sel_groups != 1 && plan->n_sel_groups != op->n_head_kv) || !plan->spans || !plan->offsets))
         return -1;

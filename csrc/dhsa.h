@@ -5,7 +5,8 @@
  *   q    F32                    [DK, n_q,  n_head,    ne3]   rows contiguous, any strides
  *   k    f32/f16/bf16/q8_0      [DK, n_kv, n_head_kv, ne3]   rows contiguous, any strides
  *   v    f32/f16/bf16/q8_0      [DV, n_kv, n_head_kv, ne3]
- *   mask F16 (optional)         [n_kv, n_q, m_ne2, m_ne3]    broadcast over heads and dim 3
+ *   mask F16 (optional)         [n_kv, n_q, m_ne2, m_ne3]    broadcast over heads and dim 3;
+ *                               mask_ne2 == 0 (and mask == NULL) when there is none
  *   sinks F32 (optional)        [n_head]
  *   dst  F32                    [DV, n_head, n_q, ne3]       (permuted, as ggml returns it)
  * out[q,h] = sum_j softmax_j(s_qj) v_j with s_qj = softcap(scale * q.k_j) + slope(h) * mask[q,j];
@@ -75,6 +76,31 @@ int64_t dhsa_attention_scratch_floats(const dhsa_op *op, int64_t q_tile_limit);
  * bad arguments. */
 int dhsa_attention(const dhsa_op *op, const dhsa_plan *plan, int n_threads, float *scratch,
                    int64_t scratch_stride, int count_visible, dhsa_counters *counters);
+
+/* ---- selection kernels (csrc/select.c); i3 picks the sequence (dim 3) ---- */
+
+/* last[q] = index of the last key with a finite mask entry in query row q (-1: none; n_kv - 1
+ * without a mask). Mask head 0 is read. */
+void dhsa_row_frontier(const dhsa_op *op, int64_t i3, int32_t *last, int n_threads);
+
+/* out[j], j < n: 1 - cos(mean of the head-averaged keys [j-w, j), mean of [j, j+w)); 0 at j = 0. */
+void dhsa_boundary_scores(const dhsa_op *op, int64_t i3, int64_t n, int64_t w, float *out, int n_threads);
+
+/* Chunk c = keys [starts[c], starts[c+1]). out[c][kv head][dk] = sum / sqrt(len) when
+ * length_normalised, else the mean. */
+void dhsa_chunk_keys(const dhsa_op *op, int64_t i3, int64_t n_chunks, const int32_t *starts, int length_normalised,
+                     float *out, int n_threads);
+
+/* out[block][kv head][dk]: mean of q over the block's queries and the kv head's query heads. */
+void dhsa_query_means(const dhsa_op *op, int64_t i3, int64_t q_block, float *out, int n_threads);
+
+/* out[block][kv head][chunk] = qmeans[block][kv head] . ckeys[chunk][kv head] (unscaled). */
+void dhsa_chunk_scores(const dhsa_op *op, int64_t n_blocks, int64_t n_chunks, const float *qmeans, const float *ckeys,
+                       float *out, int n_threads);
+
+/* out[block][group][n_kv]: exact softmax probability of each key (keys only, each query-head row
+ * normalised to 1), summed over the block's queries and the group's heads. Slow: a dense pass. */
+void dhsa_key_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t n_sel_groups, float *out, int n_threads);
 
 /* Tile sizes, for tests and benchmarks. */
 int64_t dhsa_kv_tile(void);

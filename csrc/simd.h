@@ -144,6 +144,31 @@ DHSA_INLINE void bf16_to_f32_row(const uint16_t *src, float *dst, int64_t n) {
 }
 #endif
 
+/* A row of n elements of a dhsa_type (see dhsa.h) as f32. q8_0 rows are blocks of {f16 d; int8 q[32]}. */
+DHSA_INLINE void row_to_f32(int32_t type, const char *src, float *dst, int64_t n) {
+    switch (type) {
+    case 0: /* DHSA_F32 */
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        break;
+    case 1: /* DHSA_F16 */
+        f16_to_f32_row((const uint16_t *)src, dst, n);
+        break;
+    case 2: /* DHSA_BF16 */
+        bf16_to_f32_row((const uint16_t *)src, dst, n);
+        break;
+    case 3: /* DHSA_Q8_0 */
+        for (int64_t b = 0; b < n / 32; b++) {
+            const char *blk = src + b * 34;
+            uint16_t dh;
+            memcpy(&dh, blk, 2);
+            const float d = f16_to_f32(dh);
+            const int8_t *qs = (const int8_t *)(blk + 2);
+            for (int i = 0; i < 32; i++) dst[b * 32 + i] = d * (float)qs[i];
+        }
+        break;
+    }
+}
+
 /* tanh through exp: 1 - 2/(e^{2x}+1); saturates correctly to +-1 */
 DHSA_INLINE vf vf_tanh(vf x) {
     vf e = vf_exp(vf_add(x, x));

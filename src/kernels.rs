@@ -53,7 +53,11 @@ pub fn unsupported(op: &Op) -> Option<&'static str> {
         return None;
     }
     // SAFETY: non-null results are static NUL-terminated strings in the C library.
-    Some(unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("unsupported op"))
+    Some(
+        unsafe { CStr::from_ptr(p) }
+            .to_str()
+            .unwrap_or("unsupported op"),
+    )
 }
 
 pub fn kv_tile() -> usize {
@@ -69,7 +73,9 @@ pub fn q_tile(op: &Op, q_block: usize) -> usize {
 /// The SIMD level the C kernels were compiled for.
 pub fn simd_name() -> &'static str {
     // SAFETY: returns a static string.
-    unsafe { CStr::from_ptr(ffi::dhsa_simd_name()) }.to_str().unwrap_or("?")
+    unsafe { CStr::from_ptr(ffi::dhsa_simd_name()) }
+        .to_str()
+        .unwrap_or("?")
 }
 
 /// Which keys each query block attends to (see `dhsa_plan` in csrc/dhsa.h).
@@ -244,9 +250,15 @@ pub fn bf16_to_f32(h: u16) -> f32 {
 /// Encodes a row of f32 values as `t` (q8_0: ggml's reference quantizer).
 pub fn encode_row(t: KvType, x: &[f32], out: &mut Vec<u8>) {
     match t {
-        KvType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        KvType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f32_to_f16(*v).to_le_bytes())),
-        KvType::Bf16 => x.iter().for_each(|v| out.extend_from_slice(&f32_to_bf16(*v).to_le_bytes())),
+        KvType::F32 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        KvType::F16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f32_to_f16(*v).to_le_bytes())),
+        KvType::Bf16 => x
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f32_to_bf16(*v).to_le_bytes())),
         KvType::Q8_0 => {
             for blk in x.chunks(32) {
                 let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -262,9 +274,21 @@ pub fn encode_row(t: KvType, x: &[f32], out: &mut Vec<u8>) {
 /// Decodes a row of `n` elements of type `t` (what the kernels see).
 pub fn decode_row(t: KvType, bytes: &[u8], n: usize) -> Vec<f32> {
     match t {
-        KvType::F32 => bytes.chunks_exact(4).take(n).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        KvType::F16 => bytes.chunks_exact(2).take(n).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
-        KvType::Bf16 => bytes.chunks_exact(2).take(n).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        KvType::F32 => bytes
+            .chunks_exact(4)
+            .take(n)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        KvType::F16 => bytes
+            .chunks_exact(2)
+            .take(n)
+            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        KvType::Bf16 => bytes
+            .chunks_exact(2)
+            .take(n)
+            .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
         KvType::Q8_0 => {
             let mut v = Vec::with_capacity(n);
             for blk in bytes.chunks_exact(34).take(n / 32) {
@@ -335,7 +359,14 @@ pub struct OwnedOp {
 
 impl OwnedOp {
     /// Encodes f32 K and V (layout [ne3][n_head_kv][n_kv][d]) and a float mask.
-    pub fn new(shape: Shape, q: Vec<f32>, k: &[f32], v: &[f32], mask: &[f32], sinks: Vec<f32>) -> OwnedOp {
+    pub fn new(
+        shape: Shape,
+        q: Vec<f32>,
+        k: &[f32],
+        v: &[f32],
+        mask: &[f32],
+        sinks: Vec<f32>,
+    ) -> OwnedOp {
         let s = &shape;
         let mut kb = Vec::new();
         for row in k.chunks(s.dk) {
@@ -347,20 +378,36 @@ impl OwnedOp {
         }
         let mask = mask.iter().map(|&m| f32_to_f16(m)).collect();
         let dst = vec![f32::NAN; s.ne3 * s.n_q * s.n_head * s.dv];
-        OwnedOp { shape, q, k: kb, v: vb, mask, sinks, dst }
+        OwnedOp {
+            shape,
+            q,
+            k: kb,
+            v: vb,
+            mask,
+            sinks,
+            dst,
+        }
     }
 
     /// The op over these buffers; valid while `self` is neither moved nor resized.
     pub fn op(&mut self) -> Op {
         let s = &self.shape;
         let (kr, vr) = (s.k_type.row_bytes(s.dk), s.v_type.row_bytes(s.dv));
-        let (m2, m3) = s.mask.unwrap_or((1, 1));
+        let (m2, m3) = s.mask.unwrap_or((0, 0));
         Op {
             q: self.q.as_ptr() as *const _,
             k: self.k.as_ptr() as *const _,
             v: self.v.as_ptr() as *const _,
-            mask: if s.mask.is_some() { self.mask.as_ptr() } else { std::ptr::null() },
-            sinks: if s.sinks { self.sinks.as_ptr() } else { std::ptr::null() },
+            mask: if s.mask.is_some() {
+                self.mask.as_ptr()
+            } else {
+                std::ptr::null()
+            },
+            sinks: if s.sinks {
+                self.sinks.as_ptr()
+            } else {
+                std::ptr::null()
+            },
             dst: self.dst.as_mut_ptr(),
             k_type: s.k_type.code(),
             v_type: s.v_type.code(),
@@ -384,7 +431,7 @@ impl OwnedOp {
             v_nb3: vr * s.n_kv * s.n_head_kv,
             mask_nb1: 2 * s.n_kv,
             mask_nb2: 2 * s.n_kv * s.n_q,
-            mask_nb3: 2 * s.n_kv * s.n_q * m2,
+            mask_nb3: 2 * s.n_kv * s.n_q * m2.max(1),
             dst_nb1: 4 * s.dv,
             dst_nb2: 4 * s.dv * s.n_head,
             dst_nb3: 4 * s.dv * s.n_head * s.n_q,
@@ -395,7 +442,13 @@ impl OwnedOp {
     }
 
     /// Runs the kernels on this op, writing `dst`.
-    pub fn run(&mut self, plan: Option<&Plan>, n_threads: usize, scratch: &mut Scratch, counters: &mut Counters) -> Result<()> {
+    pub fn run(
+        &mut self,
+        plan: Option<&Plan>,
+        n_threads: usize,
+        scratch: &mut Scratch,
+        counters: &mut Counters,
+    ) -> Result<()> {
         let op = self.op();
         // SAFETY: op points into self's buffers, which have exactly the shapes op describes and
         // are not touched by anything else during the call.
@@ -427,7 +480,9 @@ impl OwnedOp {
         let s = &self.shape;
         match s.mask {
             None => 0.0,
-            Some((m2, m3)) => f16_to_f32(self.mask[(((i3 % m3) * m2 + h % m2) * s.n_q + iq) * s.n_kv + j]),
+            Some((m2, m3)) => {
+                f16_to_f32(self.mask[(((i3 % m3) * m2 + h % m2) * s.n_q + iq) * s.n_kv + j])
+            }
         }
     }
 

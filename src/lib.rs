@@ -4,11 +4,17 @@
 //! `libggml_dhsa.so` that a stock llama.cpp loads through `GGML_BACKEND_PATH`.
 
 pub mod config;
+pub mod engine;
 pub mod ggml;
+pub mod kernels;
 pub mod llama;
 pub mod models;
-pub mod runner;
-pub mod kernels;
+pub mod op;
+pub mod opgen;
+pub mod plugin;
 pub mod reference;
 pub mod rng;
-pub mod opgen;
+pub mod runner;
+pub mod stats;
+
+pub use plugin::register;

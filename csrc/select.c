@@ -1,0 +1,224 @@
+/* Selection kernels (see dhsa.h): the heavy loops of DHSA's key selection. The host side (Rust)
+ * strings them together, picks chunks within the budget and builds the span plan.
+ *
+ *   frontier       last visible key of every query row (from the mask)
+ *   boundaries     dissimilarity of the mean key left and right of each position
+ *   chunk keys     per kv head: chunk sum / sqrt(len) (length-normalised) or the chunk mean
+ *   query means    per query block and kv head: mean over the block's queries and the group's heads
+ *   chunk scores   query mean . chunk key
+ *   key mass       exact softmax mass of each key, summed over a block's queries (oracle, recall) */
+#include "dhsa.h"
+#include "simd.h"
+
+#include <omp.h>
+#include <stdlib.h>
+
+#define NEG_INF_F16 0xFC00u
+
+static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static const char *k_row(const dhsa_op *op, int64_t i3, int64_t hk, int64_t j) {
+    return op->k + j * op->k_nb1 + hk * op->k_nb2 + i3 * op->k_nb3;
+}
+
+static float dot(const float *a, const float *b, int64_t n) {
+    vf acc = vf_zero();
+    int64_t i = 0;
+    for (; i + VL <= n; i += VL) acc = vf_fma(vf_load(a + i), vf_load(b + i), acc);
+    float s = vf_hsum(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy(float *y, const float *x, float a, int64_t n) {
+    int64_t i = 0;
+    const vf av = vf_set1(a);
+    for (; i + VL <= n; i += VL) vf_store(y + i, vf_fma(av, vf_load(x + i), vf_load(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+void dhsa_row_frontier(const dhsa_op *op, int64_t i3, int32_t *last, int n_threads) {
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t q = 0; q < op->n_q; q++) {
+        int64_t j = op->n_kv - 1;
+        if (op->mask) {
+            const uint16_t *mp = (const uint16_t *)((const char *)op->mask + q * op->mask_nb1 +
+                                                    (i3 % op->mask_ne3) * op->mask_nb3);
+            while (j >= 0 && mp[j] == NEG_INF_F16) j--;
+        }
+        last[q] = (int32_t)j;
+    }
+}
+
+/* The head-averaged key of row j into out (work: dk floats). */
+static void mean_key(const dhsa_op *op, int64_t i3, int64_t j, float *out, float *work) {
+    memset(out, 0, sizeof(float) * (size_t)op->dk);
+    for (int64_t hk = 0; hk < op->n_head_kv; hk++) {
+        row_to_f32(op->k_type, k_row(op, i3, hk, j), work, op->dk);
+        axpy(out, work, 1.0f, op->dk);
+    }
+}
+
+void dhsa_boundary_scores(const dhsa_op *op, int64_t i3, int64_t n, int64_t w, float *out, int n_threads) {
+    const int64_t dk = op->dk;
+    if (n <= 0) return;
+#pragma omp parallel num_threads(n_threads)
+    {
+        const int nt = omp_get_num_threads(), t = omp_get_thread_num();
+        const int64_t j0 = n * t / nt, j1 = n * (t + 1) / nt;
+        /* ring of the 2w head-averaged keys around j, and running sums of each side */
+        float *ring = malloc(sizeof(float) * (size_t)(dk * (2 * w + 1)));
+        float *left = calloc((size_t)dk, sizeof(float)), *right = calloc((size_t)dk, sizeof(float));
+        float *work = malloc(sizeof(float) * (size_t)dk);
+#define RING(j) (ring + (((j) % (2 * w + 1) + (2 * w + 1)) % (2 * w + 1)) * dk)
+        if (ring && left && right && work && j0 < j1) {
+            /* left = keys [j0-w, j0), right = keys [j0, j0+w) (clipped to [0, n)) */
+            for (int64_t j = imax(0, j0 - w); j < imin(n, j0 + w); j++) {
+                mean_key(op, i3, j, RING(j), work);
+                axpy(j < j0 ? left : right, RING(j), 1.0f, dk);
+            }
+            for (int64_t j = j0; j < j1; j++) {
+                if (j > j0) {
+                    /* slide: key j-1 moves from right to left, j-1-w leaves, j+w-1 enters */
+                    axpy(right, RING(j - 1), -1.0f, dk);
+                    axpy(left, RING(j - 1), 1.0f, dk);
+                    if (j - 1 - w >= 0) axpy(left, RING(j - 1 - w), -1.0f, dk);
+                    if (j + w - 1 < n) {
+                        mean_key(op, i3, j + w - 1, RING(j + w - 1), work);
+                        axpy(right, RING(j + w - 1), 1.0f, dk);
+                    }
+                }
+                const float ll = dot(left, left, dk), rr = dot(right, right, dk), lr = dot(left, right, dk);
+                /* 1 - cosine similarity of the two means: 0 inside a uniform stretch, up to 2 at a turn */
+                out[j] = (j == 0 || ll <= 0.0f || rr <= 0.0f) ? 0.0f : 1.0f - lr / sqrtf(ll * rr);
+            }
+        }
+#undef RING
+        free(ring);
+        free(left);
+        free(right);
+        free(work);
+    }
+}
+
+void dhsa_chunk_keys(const dhsa_op *op, int64_t i3, int64_t n_chunks, const int32_t *starts, int length_normalised,
+                     float *out, int n_threads) {
+    const int64_t dk = op->dk, nh = op->n_head_kv;
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *work = malloc(sizeof(float) * (size_t)dk);
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < n_chunks; c++) {
+            const int64_t len = starts[c + 1] - starts[c];
+            const float f = len <= 0 ? 0.0f : length_normalised ? 1.0f / sqrtf((float)len) : 1.0f / (float)len;
+            for (int64_t hk = 0; hk < nh; hk++) {
+                float *o = out + (c * nh + hk) * dk;
+                memset(o, 0, sizeof(float) * (size_t)dk);
+                if (!work) continue;
+                for (int64_t j = starts[c]; j < starts[c + 1]; j++) {
+                    row_to_f32(op->k_type, k_row(op, i3, hk, j), work, dk);
+                    axpy(o, work, 1.0f, dk);
+                }
+                for (int64_t d = 0; d < dk; d++) o[d] *= f;
+            }
+        }
+        free(work);
+    }
+}
+
+void dhsa_query_means(const dhsa_op *op, int64_t i3, int64_t q_block, float *out, int n_threads) {
+    const int64_t dk = op->dk, nh = op->n_head_kv, g = op->n_head / op->n_head_kv;
+    const int64_t n_blocks = (op->n_q + q_block - 1) / q_block;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n_blocks * nh; i++) {
+        const int64_t b = i / nh, hk = i % nh;
+        float *o = out + i * dk;
+        memset(o, 0, sizeof(float) * (size_t)dk);
+        const int64_t q0 = b * q_block, q1 = imin(op->n_q, q0 + q_block);
+        for (int64_t h = hk * g; h < (hk + 1) * g; h++)
+            for (int64_t q = q0; q < q1; q++)
+                axpy(o, (const float *)(op->q + q * op->q_nb1 + h * op->q_nb2 + i3 * op->q_nb3), 1.0f, dk);
+        const float f = 1.0f / (float)((q1 - q0) * g);
+        for (int64_t d = 0; d < dk; d++) o[d] *= f;
+    }
+}
+
+void dhsa_chunk_scores(const dhsa_op *op, int64_t n_blocks, int64_t n_chunks, const float *qmeans, const float *ckeys,
+                       float *out, int n_threads) {
+    const int64_t dk = op->dk, nh = op->n_head_kv;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < n_blocks * nh; i++) {
+        const int64_t hk = i % nh;
+        const float *qm = qmeans + i * dk;
+        float *o = out + i * n_chunks;
+        for (int64_t c = 0; c < n_chunks; c++) o[c] = dot(qm, ckeys + (c * nh + hk) * dk, dk);
+    }
+}
+
+void dhsa_key_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t n_sel_groups, float *out, int n_threads) {
+    const int64_t dk = op->dk, nkv = op->n_kv, g = op->n_head / op->n_head_kv;
+    const int64_t n_blocks = (op->n_q + q_block - 1) / q_block;
+    const float qscale = op->softcap != 0.0f ? op->scale / op->softcap : op->scale;
+    const uint32_t n_head_log2 = 1u << (uint32_t)floor(log2((double)op->n_head));
+    const float m0 = powf(2.0f, -(op->max_bias) / n_head_log2);
+    const float m1 = powf(2.0f, -(op->max_bias / 2.0f) / n_head_log2);
+    memset(out, 0, sizeof(float) * (size_t)(n_blocks * n_sel_groups * nkv));
+    /* one task per (block, kv head): keys of one kv head, summed into its selection group */
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *kf = malloc(sizeof(float) * (size_t)(nkv * dk));
+        float *logit = malloc(sizeof(float) * (size_t)nkv);
+        float *acc = malloc(sizeof(float) * (size_t)nkv);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < n_blocks * op->n_head_kv; i++) {
+            const int64_t b = i / op->n_head_kv, hk = i % op->n_head_kv;
+            if (!kf || !logit || !acc) continue;
+            for (int64_t j = 0; j < nkv; j++) row_to_f32(op->k_type, k_row(op, i3, hk, j), kf + j * dk, dk);
+            memset(acc, 0, sizeof(float) * (size_t)nkv);
+            const int64_t q0 = b * q_block, q1 = imin(op->n_q, q0 + q_block);
+            for (int64_t h = hk * g; h < (hk + 1) * g; h++) {
+                const float slope = op->max_bias <= 0.0f ? 1.0f
+                                    : (uint32_t)h < n_head_log2 ? powf(m0, (float)(h + 1))
+                                                                : powf(m1, (float)(2 * (h - n_head_log2) + 1));
+                for (int64_t q = q0; q < q1; q++) {
+                    const float *qr = (const float *)(op->q + q * op->q_nb1 + h * op->q_nb2 + i3 * op->q_nb3);
+                    const uint16_t *mp = op->mask ? (const uint16_t *)((const char *)op->mask + q * op->mask_nb1 +
+                                                                      (h % op->mask_ne2) * op->mask_nb2 +
+                                                                      (i3 % op->mask_ne3) * op->mask_nb3)
+                                                  : 0;
+                    float mx = -INFINITY;
+                    for (int64_t j = 0; j < nkv; j++) {
+                        float m = mp ? f16_to_f32(mp[j]) * slope : 0.0f;
+                        float s = -INFINITY;
+                        if (m != -INFINITY) {
+                            s = dot(qr, kf + j * dk, dk) * qscale;
+                            if (op->softcap != 0.0f) s = op->softcap * tanhf(s);
+                            s += m;
+                        }
+                        logit[j] = s;
+                        mx = s > mx ? s : mx;
+                    }
+                    if (mx == -INFINITY) continue;
+                    float sum = 0.0f;
+                    for (int64_t j = 0; j < nkv; j++) {
+                        logit[j] = logit[j] == -INFINITY ? 0.0f : expf(logit[j] - mx);
+                        sum += logit[j];
+                    }
+                    const float inv = 1.0f / sum;
+                    for (int64_t j = 0; j < nkv; j++) acc[j] += logit[j] * inv;
+                }
+            }
+            float *o = out + (b * n_sel_groups + (n_sel_groups == 1 ? 0 : hk)) * nkv;
+            if (n_sel_groups == 1) {
+#pragma omp critical
+                for (int64_t j = 0; j < nkv; j++) o[j] += acc[j];
+            } else {
+                for (int64_t j = 0; j < nkv; j++) o[j] += acc[j];
+            }
+        }
+        free(kf);
+        free(logit);
+        free(acc);
+    }
+}

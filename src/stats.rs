@@ -1,0 +1,112 @@
+//! Counters of what the plugin did: one `dhsa-stats {...}` line per backend when it is freed
+//! (`DHSA_STATS=1`), and a process-wide total the runner reads.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Stats {
+    /// FA ops computed
+    pub ops: u64,
+    /// of those, computed sparsely (a selection was made)
+    pub sparse_ops: u64,
+    /// of those, computed over every visible key
+    pub dense_ops: u64,
+    /// distinct FA ops offered to the plugin and declined (llama.cpp computed them)
+    pub declined: u64,
+    /// (query, head, key) triples whose mask entry is finite
+    pub keys_visible: u64,
+    /// (query, head, key) triples attended
+    pub keys_attended: u64,
+    pub select_ms: f64,
+    pub attn_ms: f64,
+}
+
+impl Stats {
+    pub fn add(&mut self, o: &Stats) {
+        self.ops += o.ops;
+        self.sparse_ops += o.sparse_ops;
+        self.dense_ops += o.dense_ops;
+        self.keys_visible += o.keys_visible;
+        self.keys_attended += o.keys_attended;
+        self.select_ms += o.select_ms;
+        self.attn_ms += o.attn_ms;
+    }
+
+    /// Fraction of the visible keys that were attended (1 for dense).
+    pub fn kept(&self) -> f64 {
+        if self.keys_visible == 0 {
+            1.0
+        } else {
+            self.keys_attended as f64 / self.keys_visible as f64
+        }
+    }
+
+    /// The line written to stderr.
+    pub fn line(&self) -> String {
+        format!(
+            "dhsa-stats {{\"ops\":{},\"sparse_ops\":{},\"dense_ops\":{},\"declined\":{},\"keys_visible\":{},\"keys_attended\":{},\"select_ms\":{:.3},\"attn_ms\":{:.3},\"kept\":{:.5}}}",
+            self.ops,
+            self.sparse_ops,
+            self.dense_ops,
+            self.declined,
+            self.keys_visible,
+            self.keys_attended,
+            self.select_ms,
+            self.attn_ms,
+            self.kept()
+        )
+    }
+
+    /// Parses a `dhsa-stats {...}` line (tests read the plugin's stderr with this).
+    pub fn parse_line(line: &str) -> Option<Stats> {
+        serde_json::from_str(line.trim().strip_prefix("dhsa-stats ")?).ok()
+    }
+}
+
+static TOTAL: Mutex<Stats> = Mutex::new(Stats {
+    ops: 0,
+    sparse_ops: 0,
+    dense_ops: 0,
+    declined: 0,
+    keys_visible: 0,
+    keys_attended: 0,
+    select_ms: 0.0,
+    attn_ms: 0.0,
+});
+
+static DECLINED: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+
+/// Adds one op's counters to the process total.
+pub fn add_total(s: &Stats) {
+    TOTAL.lock().unwrap_or_else(|e| e.into_inner()).add(s);
+}
+
+/// The process total since the last `reset_total`.
+pub fn total() -> Stats {
+    let mut t = TOTAL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    t.declined = declined();
+    t
+}
+
+pub fn reset_total() {
+    *TOTAL.lock().unwrap_or_else(|e| e.into_inner()) = Stats::default();
+    *DECLINED.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Records a declined op by identity (the scheduler asks about the same node several times).
+pub fn note_declined(key: String) {
+    DECLINED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashSet::new)
+        .insert(key);
+}
+
+pub fn declined() -> u64 {
+    DECLINED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or(0, |s| s.len() as u64)
+}
