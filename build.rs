@@ -28,11 +28,9 @@ fn main() {
 
     let lib_dir = env::var("DEP_GGML_LIB_DIR").expect("ggml-sys exports lib_dir");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
-    for (key, var) in [
-        ("GGML_VERSION", "DHSA_GGML_VERSION"),
-        ("UPSTREAM", "DHSA_UPSTREAM"),
-        ("SRC_DIR", "DHSA_UPSTREAM_SRC"),
-    ] {
+    for (key, var) in
+        [("GGML_VERSION", "DHSA_GGML_VERSION"), ("UPSTREAM", "DHSA_UPSTREAM"), ("SRC_DIR", "DHSA_UPSTREAM_SRC")]
+    {
         let v = env::var(format!("DEP_GGML_{key}")).unwrap_or_default();
         println!("cargo:rustc-env={var}={v}");
     }
@@ -41,19 +39,18 @@ fn main() {
     bind_kernels();
     println!("cargo:rustc-env=DHSA_CPU_SIMD_BUILT={simd}");
 
-    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        if let Err(e) = compile_cuda() {
-            eprintln!("\nerror: dhsa (feature cuda): {e}\n");
-            println!("cargo:warning=dhsa (feature cuda): {e}");
-            std::process::exit(1);
-        }
+    if env::var_os("CARGO_FEATURE_CUDA").is_some()
+        && let Err(e) = compile_cuda()
+    {
+        eprintln!("\nerror: dhsa (feature cuda): {e}\n");
+        println!("cargo:warning=dhsa (feature cuda): {e}");
+        std::process::exit(1);
     }
 }
 
 fn sources(dir: &str, ext: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut v: Vec<PathBuf> =
+        fs::read_dir(dir).map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect()).unwrap_or_default();
     v.retain(|p| p.extension().is_some_and(|e| e == ext));
     v.sort();
     v
@@ -108,13 +105,11 @@ fn compile_c() -> String {
             std::process::exit(1);
         }
     };
-    if let Ok(san) = env::var("DHSA_SANITIZE") {
-        if !san.is_empty() {
-            b.flag(format!("-fsanitize={san}"))
-                .flag("-fno-omit-frame-pointer")
-                .flag("-fno-sanitize-recover=all");
-            b.opt_level(1);
-        }
+    if let Ok(san) = env::var("DHSA_SANITIZE")
+        && !san.is_empty()
+    {
+        b.flag(format!("-fsanitize={san}")).flag("-fno-omit-frame-pointer").flag("-fno-sanitize-recover=all");
+        b.opt_level(1);
     }
     b.compile("dhsa_kernels");
     // the kernels share libgomp's thread pool with ggml's CPU backend (same threads, no oversubscription)
@@ -151,18 +146,12 @@ fn find_nvcc() -> Result<PathBuf, String> {
         }
         return Err(format!("CUDA_PATH={} has no bin/nvcc", p.display()));
     }
-    if Command::new("nvcc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if Command::new("nvcc").arg("--version").output().is_ok_and(|o| o.status.success()) {
         return Ok(PathBuf::from("nvcc"));
     }
-    Err(
-        "no CUDA compiler: set CUDA_PATH, put nvcc on PATH, or run scripts/install-cuda.sh and \
+    Err("no CUDA compiler: set CUDA_PATH, put nvcc on PATH, or run scripts/install-cuda.sh and \
          `export CUDA_PATH=$(scripts/install-cuda.sh --print-path)`"
-            .into(),
-    )
+        .into())
 }
 
 fn compile_cuda() -> Result<(), String> {
@@ -180,24 +169,14 @@ fn compile_cuda() -> Result<(), String> {
     for src in sources("csrc/cuda", "cu") {
         let obj = out.join(src.file_stem().unwrap()).with_extension("o");
         let mut cmd = Command::new(&nvcc);
-        cmd.args([
-            "-c",
-            "-O3",
-            "-std=c++17",
-            "-Xcompiler",
-            "-fPIC",
-            "--use_fast_math=false",
-            "-lineinfo",
-        ])
-        .args(CUDA_GENCODE)
-        .arg("-Icsrc")
-        .arg("-Icsrc/cuda")
-        .arg(&src)
-        .arg("-o")
-        .arg(&obj);
-        let o = cmd
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
+        cmd.args(["-c", "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "--use_fast_math=false", "-lineinfo"])
+            .args(CUDA_GENCODE)
+            .arg("-Icsrc")
+            .arg("-Icsrc/cuda")
+            .arg(&src)
+            .arg("-o")
+            .arg(&obj);
+        let o = cmd.output().map_err(|e| format!("cannot run {}: {e}", nvcc.display()))?;
         if !o.status.success() {
             return Err(format!(
                 "nvcc failed on {}:\n{}{}",
@@ -213,12 +192,7 @@ fn compile_cuda() -> Result<(), String> {
     }
     let lib = out.join("libdhsa_cuda.a");
     let _ = fs::remove_file(&lib);
-    let st = Command::new("ar")
-        .arg("crs")
-        .arg(&lib)
-        .args(&objects)
-        .status()
-        .map_err(|e| format!("ar: {e}"))?;
+    let st = Command::new("ar").arg("crs").arg(&lib).args(&objects).status().map_err(|e| format!("ar: {e}"))?;
     if !st.success() {
         return Err("ar failed to archive the CUDA objects".into());
     }
@@ -226,14 +200,9 @@ fn compile_cuda() -> Result<(), String> {
     println!("cargo:rustc-link-lib=static=dhsa_cuda");
     // static runtime: the plugin needs no libcudart.so of its own on the host; the driver's primary
     // context is shared with ggml-cuda's runtime, so device pointers pass between the two
-    let libdir = ["lib64", "lib", "lib/x64"]
-        .iter()
-        .map(|d| cuda_root.join(d))
-        .find(|d| d.join("libcudart_static.a").is_file());
-    let libdir = libdir.ok_or(format!(
-        "no libcudart_static.a under {}",
-        cuda_root.display()
-    ))?;
+    let libdir =
+        ["lib64", "lib", "lib/x64"].iter().map(|d| cuda_root.join(d)).find(|d| d.join("libcudart_static.a").is_file());
+    let libdir = libdir.ok_or(format!("no libcudart_static.a under {}", cuda_root.display()))?;
     println!("cargo:rustc-link-search=native={}", libdir.display());
     println!("cargo:rustc-link-lib=static=cudart_static");
     println!("cargo:rustc-link-lib=dylib=stdc++");

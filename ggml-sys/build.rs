@@ -15,14 +15,7 @@ use std::process::Command;
 
 /// Libraries built here; ggml-cpu is a backend module loaded at run time, never linked.
 const LIB_TARGETS: &[&str] = &["ggml-base", "ggml", "ggml-cpu", "llama"];
-const HEADERS: &[&str] = &[
-    "ggml.h",
-    "ggml-backend.h",
-    "ggml-cpu.h",
-    "gguf.h",
-    "llama.h",
-    "ggml-backend-impl.h",
-];
+const HEADERS: &[&str] = &["ggml.h", "ggml-backend.h", "ggml-cpu.h", "gguf.h", "llama.h", "ggml-backend-impl.h"];
 
 fn main() {
     if let Err(e) = run() {
@@ -36,13 +29,7 @@ fn main() {
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let manifest_file = manifest_dir.join("../vendor/llama.cpp.toml");
-    for var in [
-        "DHSA_LLAMA_CPP_DIR",
-        "DHSA_CACHE",
-        "DHSA_BUILD_CACHE",
-        "DHSA_CMAKE_ARGS",
-        "PYTHON",
-    ] {
+    for var in ["DHSA_LLAMA_CPP_DIR", "DHSA_CACHE", "DHSA_BUILD_CACHE", "DHSA_CMAKE_ARGS", "PYTHON"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed={}", manifest_file.display());
@@ -50,9 +37,7 @@ fn run() -> Result<(), String> {
     println!("cargo:rerun-if-changed=build/upstream.rs");
 
     let manifest = upstream::Manifest::load(&manifest_file)?;
-    let user_dir = env::var_os("DHSA_LLAMA_CPP_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from);
+    let user_dir = env::var_os("DHSA_LLAMA_CPP_DIR").filter(|v| !v.is_empty()).map(PathBuf::from);
     if let Some(d) = &user_dir {
         // a user's tree: pick up their edits
         println!("cargo:rerun-if-changed={}", d.join("ggml").display());
@@ -60,12 +45,7 @@ fn run() -> Result<(), String> {
         println!("cargo:rerun-if-changed={}", d.join("src").display());
     }
     let cache = upstream::cache_root().join("upstream");
-    let source = upstream::resolve(
-        &manifest,
-        &cache,
-        user_dir.as_deref(),
-        &upstream::Pip::default(),
-    )?;
+    let source = upstream::resolve(&manifest, &cache, user_dir.as_deref(), &upstream::Pip::default())?;
 
     check_api_version(&source.dir, manifest.backend_api_version)?;
     let cmake_args = cmake_args();
@@ -75,14 +55,12 @@ fn run() -> Result<(), String> {
         None => target_dir().join("upstream"),
     };
     let build_dir = build_root.join(&key);
-    fs::create_dir_all(&build_root)
-        .map_err(|e| format!("cannot create {}: {e}", build_root.display()))?;
+    fs::create_dir_all(&build_root).map_err(|e| format!("cannot create {}: {e}", build_root.display()))?;
 
     // Several cargo invocations (profiles, worktrees sharing DHSA_BUILD_CACHE) may get here at once.
     let lock = fs::File::create(build_root.join(format!("{key}.lock")))
         .map_err(|e| format!("cannot create the build lock: {e}"))?;
-    lock.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", build_root.display()))?;
+    lock.lock().map_err(|e| format!("cannot lock {}: {e}", build_root.display()))?;
     cmake_build(&source.dir, &build_dir, &cmake_args)?;
     drop(lock);
 
@@ -100,10 +78,7 @@ fn run() -> Result<(), String> {
     println!("cargo:build_dir={}", build_dir.display());
     println!("cargo:src_dir={}", source.dir.display());
     println!("cargo:pinned={}", source.pinned);
-    println!(
-        "cargo:ggml_version={}",
-        ggml_version(&source.dir).unwrap_or_else(|| manifest.ggml_version.clone())
-    );
+    println!("cargo:ggml_version={}", ggml_version(&source.dir).unwrap_or_else(|| manifest.ggml_version.clone()));
     println!("cargo:upstream={} {}", manifest.package, manifest.version);
     println!("cargo:rustc-env=GGML_SYS_BUILD_DIR={}", build_dir.display());
     println!("cargo:rustc-env=GGML_SYS_BIN_DIR={}", bin_dir.display());
@@ -178,27 +153,16 @@ fn build_key(identity: &str, args: &[String]) -> String {
         h.update(b"\0");
         h.update(a.as_bytes());
     }
-    h.finalize()
-        .iter()
-        .take(6)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
 fn have(cmd: &str) -> bool {
-    Command::new(cmd)
-        .arg("--version")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    Command::new(cmd).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
 }
 
 fn cmake_build(src: &Path, build: &Path, args: &[String]) -> Result<(), String> {
     if !have("cmake") {
-        return Err(
-            "cmake is not installed; install it (Debian: apt-get install cmake) and build again"
-                .into(),
-        );
+        return Err("cmake is not installed; install it (Debian: apt-get install cmake) and build again".into());
     }
     if !build.join("CMakeCache.txt").is_file() {
         let mut cmd = Command::new("cmake");
@@ -206,25 +170,13 @@ fn cmake_build(src: &Path, build: &Path, args: &[String]) -> Result<(), String> 
         if have("ninja") {
             cmd.args(["-G", "Ninja"]);
         }
-        run_logged(
-            cmd,
-            &build.join("configure.log"),
-            "configuring llama.cpp with cmake",
-        )?;
+        run_logged(cmd, &build.join("configure.log"), "configuring llama.cpp with cmake")?;
     }
     let jobs = env::var("NUM_JOBS").unwrap_or_else(|_| "2".into());
     let mut cmd = Command::new("cmake");
-    cmd.arg("--build")
-        .arg(build)
-        .args(["--parallel", &jobs, "--target"])
-        .args(LIB_TARGETS);
+    cmd.arg("--build").arg(build).args(["--parallel", &jobs, "--target"]).args(LIB_TARGETS);
     run_logged(cmd, &build.join("build.log"), "building llama.cpp")?;
-    for lib in [
-        "libggml-base.so",
-        "libggml.so",
-        "libllama.so",
-        "libggml-cpu.so",
-    ] {
+    for lib in ["libggml-base.so", "libggml.so", "libllama.so", "libggml-cpu.so"] {
         if !build.join("bin").join(lib).exists() {
             return Err(format!(
                 "the llama.cpp build finished but {} is missing",
@@ -239,9 +191,7 @@ fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<(), String> {
     if let Some(p) = log.parent() {
         fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{what}: cannot run {cmd:?}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("{what}: cannot run {cmd:?}: {e}"))?;
     let mut text = out.stdout.clone();
     text.extend_from_slice(&out.stderr);
     let _ = fs::write(log, &text);
@@ -249,11 +199,7 @@ fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<(), String> {
         let s = String::from_utf8_lossy(&text);
         let tail: Vec<&str> = s.lines().rev().take(25).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!(
-            "{what} failed (full log: {}):\n{}",
-            log.display(),
-            tail.join("\n")
-        ));
+        return Err(format!("{what} failed (full log: {}):\n{}", log.display(), tail.join("\n")));
     }
     Ok(())
 }
@@ -261,16 +207,12 @@ fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<(), String> {
 /// The backend vtables dhsa fills in are those of one GGML_BACKEND_API_VERSION.
 fn check_api_version(src: &Path, want: i64) -> Result<(), String> {
     let impl_h = src.join("ggml/src/ggml-backend-impl.h");
-    let text = fs::read_to_string(&impl_h)
-        .map_err(|e| format!("cannot read {}: {e}", impl_h.display()))?;
+    let text = fs::read_to_string(&impl_h).map_err(|e| format!("cannot read {}: {e}", impl_h.display()))?;
     let found = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("#define GGML_BACKEND_API_VERSION"))
         .and_then(|v| v.trim().parse::<i64>().ok())
-        .ok_or(format!(
-            "{} defines no GGML_BACKEND_API_VERSION: not a supported llama.cpp tree",
-            impl_h.display()
-        ))?;
+        .ok_or(format!("{} defines no GGML_BACKEND_API_VERSION: not a supported llama.cpp tree", impl_h.display()))?;
     if found != want {
         return Err(format!(
             "{} has GGML_BACKEND_API_VERSION {found}, but dhsa implements version {want} \
@@ -286,27 +228,14 @@ fn ggml_version(src: &Path) -> Option<String> {
     let get = |name: &str| -> Option<String> {
         let needle = format!("set(GGML_VERSION_{name} ");
         let line = text.lines().find(|l| l.trim_start().starts_with(&needle))?;
-        Some(
-            line.trim_start()[needle.len()..]
-                .trim_end_matches(')')
-                .trim()
-                .to_owned(),
-        )
+        Some(line.trim_start()[needle.len()..].trim_end_matches(')').trim().to_owned())
     };
-    Some(format!(
-        "{}.{}.{}",
-        get("MAJOR")?,
-        get("MINOR")?,
-        get("PATCH")?
-    ))
+    Some(format!("{}.{}.{}", get("MAJOR")?, get("MINOR")?, get("PATCH")?))
 }
 
 fn bindings(src: &Path) -> Result<(), String> {
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let wrapper: String = HEADERS
-        .iter()
-        .map(|h| format!("#include \"{h}\"\n"))
-        .collect();
+    let wrapper: String = HEADERS.iter().map(|h| format!("#include \"{h}\"\n")).collect();
     let b = bindgen::Builder::default()
         .header_contents("ggml_sys_wrapper.h", &wrapper)
         .clang_arg(format!("-I{}", src.join("ggml/include").display()))
@@ -322,6 +251,5 @@ fn bindings(src: &Path) -> Result<(), String> {
         .layout_tests(true)
         .generate()
         .map_err(|e| format!("bindgen failed on the llama.cpp headers: {e}"))?;
-    b.write_to_file(out.join("bindings.rs"))
-        .map_err(|e| format!("cannot write bindings: {e}"))
+    b.write_to_file(out.join("bindings.rs")).map_err(|e| format!("cannot write bindings: {e}"))
 }

@@ -24,13 +24,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
-        Mode::Dense,
-        Mode::Dhsa,
-        Mode::Block,
-        Mode::Streaming,
-        Mode::Oracle,
-    ];
+    pub const ALL: [Mode; 5] = [Mode::Dense, Mode::Dhsa, Mode::Block, Mode::Streaming, Mode::Oracle];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -60,12 +54,7 @@ impl FromStr for Mode {
             .iter()
             .copied()
             .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                format!(
-                    "accepted values are {}",
-                    Mode::ALL.map(Mode::name).join(", ")
-                )
-            })
+            .ok_or_else(|| format!("accepted values are {}", Mode::ALL.map(Mode::name).join(", ")))
     }
 }
 
@@ -112,6 +101,8 @@ pub struct Config {
     pub chunk_max: usize,
     /// dynamic chunks: tokens on each side whose mean keys are compared
     pub boundary_window: usize,
+    /// block mode: size of the fixed, mean-pooled blocks
+    pub block_size: usize,
     /// adaptive budget: stop adding chunks once their estimated attention mass reaches tau (0: off)
     pub tau: f32,
     /// one selection for all heads (the paper) instead of one per kv-head group
@@ -134,6 +125,7 @@ impl Default for Config {
             chunk_min: 8,
             chunk_max: 32,
             boundary_window: 4,
+            block_size: 64,
             tau: 0.0,
             shared_heads: false,
             stats: false,
@@ -279,6 +271,16 @@ pub const KNOBS: &[Knob] = &[
         get: |c| c.boundary_window.to_string(),
     },
     Knob {
+        var: "DHSA_BLOCK_SIZE",
+        about: "block mode: tokens per fixed, mean-pooled block",
+        accepted: "1..=4096",
+        set: |c, v| {
+            c.block_size = int(v, 1, 4096)?;
+            Ok(())
+        },
+        get: |c| c.block_size.to_string(),
+    },
+    Knob {
         var: "DHSA_TAU",
         about: "adaptive budget: stop once the kept chunks' estimated attention mass reaches tau (0 = off)",
         accepted: "a number in [0, 1]",
@@ -331,8 +333,7 @@ impl Config {
         let mut c = Config::default();
         for k in KNOBS {
             if let Some(v) = lookup(k.var) {
-                (k.set)(&mut c, &v)
-                    .map_err(|e| ConfigError(format!("invalid {}={v:?}: {e}", k.var)))?;
+                (k.set)(&mut c, &v).map_err(|e| ConfigError(format!("invalid {}={v:?}: {e}", k.var)))?;
             }
         }
         c.validate()?;
@@ -345,10 +346,7 @@ impl Config {
 
     /// Sets one knob by variable name (the runner maps its flags onto these).
     pub fn set(&mut self, var: &str, value: &str) -> Result<(), ConfigError> {
-        let k = KNOBS
-            .iter()
-            .find(|k| k.var == var)
-            .ok_or_else(|| ConfigError(format!("unknown setting {var}")))?;
+        let k = KNOBS.iter().find(|k| k.var == var).ok_or_else(|| ConfigError(format!("unknown setting {var}")))?;
         (k.set)(self, value).map_err(|e| ConfigError(format!("invalid {var}={value:?}: {e}")))?;
         self.validate()
     }

@@ -1,8 +1,9 @@
 //! Computes one FA op on the CPU as the configuration says: dense, or a selection of keys per
 //! query block followed by exact attention over them. Owns the buffers reused across ops.
 
-use crate::config::{Config, Mode};
+use crate::config::Config;
 use crate::kernels::{self, Counters, Op, Scratch};
+use crate::select::Selector;
 use crate::stats::Stats;
 use anyhow::Result;
 use std::time::Instant;
@@ -10,6 +11,7 @@ use std::time::Instant;
 #[derive(Default)]
 pub struct CpuEngine {
     scratch: Scratch,
+    selector: Selector,
 }
 
 impl CpuEngine {
@@ -18,25 +20,33 @@ impl CpuEngine {
     /// # Safety
     /// `op`'s pointers must address valid tensors of the shapes it describes (see kernels::attention).
     pub unsafe fn compute(&mut self, op: &Op, cfg: &Config, n_threads: usize) -> Result<Stats> {
-        let mut st = Stats {
-            ops: 1,
-            ..Default::default()
-        };
+        let mut st = Stats { ops: 1, ..Default::default() };
         let mut c = Counters::default();
         let t0 = Instant::now();
-        match cfg.mode {
-            Mode::Dense => {
-                // SAFETY: forwarded from this function's contract.
-                unsafe {
-                    kernels::attention(op, None, n_threads, &mut self.scratch, true, &mut c)?
-                };
-                st.dense_ops = 1;
+        // SAFETY: forwarded from this function's contract.
+        let sel = unsafe { self.selector.select(op, cfg, n_threads)? };
+        let t1 = Instant::now();
+        match &sel {
+            Some(s) if s.sparse_blocks > 0 => {
+                st.sparse_ops = 1;
+                // SAFETY: as above; the plan was built for this op.
+                unsafe { kernels::attention(op, Some(&s.plan), n_threads, &mut self.scratch, cfg.stats, &mut c)? };
             }
-            mode => anyhow::bail!("mode {mode} is not implemented on the CPU yet"),
+            _ => {
+                st.dense_ops = 1;
+                // SAFETY: as above. A plan whose blocks are all dense equals the dense op.
+                unsafe { kernels::attention(op, None, n_threads, &mut self.scratch, true, &mut c)? };
+            }
         }
-        st.attn_ms = t0.elapsed().as_secs_f64() * 1e3;
+        st.select_ms = (t1 - t0).as_secs_f64() * 1e3;
+        st.attn_ms = t1.elapsed().as_secs_f64() * 1e3;
         st.keys_visible = c.keys_visible as u64;
         st.keys_attended = c.keys_attended as u64;
         Ok(st)
+    }
+
+    /// The selection of the last op (for inspection and tests).
+    pub fn selector(&mut self) -> &mut Selector {
+        &mut self.selector
     }
 }

@@ -53,11 +53,7 @@ pub fn unsupported(op: &Op) -> Option<&'static str> {
         return None;
     }
     // SAFETY: non-null results are static NUL-terminated strings in the C library.
-    Some(
-        unsafe { CStr::from_ptr(p) }
-            .to_str()
-            .unwrap_or("unsupported op"),
-    )
+    Some(unsafe { CStr::from_ptr(p) }.to_str().unwrap_or("unsupported op"))
 }
 
 pub fn kv_tile() -> usize {
@@ -73,9 +69,7 @@ pub fn q_tile(op: &Op, q_block: usize) -> usize {
 /// The SIMD level the C kernels were compiled for.
 pub fn simd_name() -> &'static str {
     // SAFETY: returns a static string.
-    unsafe { CStr::from_ptr(ffi::dhsa_simd_name()) }
-        .to_str()
-        .unwrap_or("?")
+    unsafe { CStr::from_ptr(ffi::dhsa_simd_name()) }.to_str().unwrap_or("?")
 }
 
 /// Which keys each query block attends to (see `dhsa_plan` in csrc/dhsa.h).
@@ -250,15 +244,9 @@ pub fn bf16_to_f32(h: u16) -> f32 {
 /// Encodes a row of f32 values as `t` (q8_0: ggml's reference quantizer).
 pub fn encode_row(t: KvType, x: &[f32], out: &mut Vec<u8>) {
     match t {
-        KvType::F32 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        KvType::F16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f32_to_f16(*v).to_le_bytes())),
-        KvType::Bf16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f32_to_bf16(*v).to_le_bytes())),
+        KvType::F32 => x.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        KvType::F16 => x.iter().for_each(|v| out.extend_from_slice(&f32_to_f16(*v).to_le_bytes())),
+        KvType::Bf16 => x.iter().for_each(|v| out.extend_from_slice(&f32_to_bf16(*v).to_le_bytes())),
         KvType::Q8_0 => {
             for blk in x.chunks(32) {
                 let amax = blk.iter().fold(0f32, |a, v| a.max(v.abs()));
@@ -274,21 +262,9 @@ pub fn encode_row(t: KvType, x: &[f32], out: &mut Vec<u8>) {
 /// Decodes a row of `n` elements of type `t` (what the kernels see).
 pub fn decode_row(t: KvType, bytes: &[u8], n: usize) -> Vec<f32> {
     match t {
-        KvType::F32 => bytes
-            .chunks_exact(4)
-            .take(n)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
-        KvType::F16 => bytes
-            .chunks_exact(2)
-            .take(n)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
-        KvType::Bf16 => bytes
-            .chunks_exact(2)
-            .take(n)
-            .map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
-            .collect(),
+        KvType::F32 => bytes.chunks_exact(4).take(n).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        KvType::F16 => bytes.chunks_exact(2).take(n).map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
+        KvType::Bf16 => bytes.chunks_exact(2).take(n).map(|b| bf16_to_f32(u16::from_le_bytes([b[0], b[1]]))).collect(),
         KvType::Q8_0 => {
             let mut v = Vec::with_capacity(n);
             for blk in bytes.chunks_exact(34).take(n / 32) {
@@ -359,14 +335,7 @@ pub struct OwnedOp {
 
 impl OwnedOp {
     /// Encodes f32 K and V (layout [ne3][n_head_kv][n_kv][d]) and a float mask.
-    pub fn new(
-        shape: Shape,
-        q: Vec<f32>,
-        k: &[f32],
-        v: &[f32],
-        mask: &[f32],
-        sinks: Vec<f32>,
-    ) -> OwnedOp {
+    pub fn new(shape: Shape, q: Vec<f32>, k: &[f32], v: &[f32], mask: &[f32], sinks: Vec<f32>) -> OwnedOp {
         let s = &shape;
         let mut kb = Vec::new();
         for row in k.chunks(s.dk) {
@@ -378,15 +347,7 @@ impl OwnedOp {
         }
         let mask = mask.iter().map(|&m| f32_to_f16(m)).collect();
         let dst = vec![f32::NAN; s.ne3 * s.n_q * s.n_head * s.dv];
-        OwnedOp {
-            shape,
-            q,
-            k: kb,
-            v: vb,
-            mask,
-            sinks,
-            dst,
-        }
+        OwnedOp { shape, q, k: kb, v: vb, mask, sinks, dst }
     }
 
     /// The op over these buffers; valid while `self` is neither moved nor resized.
@@ -398,16 +359,8 @@ impl OwnedOp {
             q: self.q.as_ptr() as *const _,
             k: self.k.as_ptr() as *const _,
             v: self.v.as_ptr() as *const _,
-            mask: if s.mask.is_some() {
-                self.mask.as_ptr()
-            } else {
-                std::ptr::null()
-            },
-            sinks: if s.sinks {
-                self.sinks.as_ptr()
-            } else {
-                std::ptr::null()
-            },
+            mask: if s.mask.is_some() { self.mask.as_ptr() } else { std::ptr::null() },
+            sinks: if s.sinks { self.sinks.as_ptr() } else { std::ptr::null() },
             dst: self.dst.as_mut_ptr(),
             k_type: s.k_type.code(),
             v_type: s.v_type.code(),
@@ -480,9 +433,7 @@ impl OwnedOp {
         let s = &self.shape;
         match s.mask {
             None => 0.0,
-            Some((m2, m3)) => {
-                f16_to_f32(self.mask[(((i3 % m3) * m2 + h % m2) * s.n_q + iq) * s.n_kv + j])
-            }
+            Some((m2, m3)) => f16_to_f32(self.mask[(((i3 % m3) * m2 + h % m2) * s.n_q + iq) * s.n_kv + j]),
         }
     }
 
@@ -490,5 +441,95 @@ impl OwnedOp {
         let s = &self.shape;
         let off = ((i3 * s.n_q + iq) * s.n_head + h) * s.dv;
         &self.dst[off..off + s.dv]
+    }
+}
+
+// ---- selection kernels (csrc/select.c) --------------------------------------------------------
+// Each wrapper asserts its output sizes; the caller guarantees the op's pointers.
+
+/// Last visible key of every query row of sequence `i3`.
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn row_frontier(op: &Op, i3: usize, last: &mut [i32], n_threads: usize) {
+    assert_eq!(last.len(), op.n_q as usize);
+    // SAFETY: op valid (caller); `last` holds n_q entries.
+    unsafe { ffi::dhsa_row_frontier(op, i3 as i64, last.as_mut_ptr(), n_threads as i32) }
+}
+
+/// Boundary scores of keys [0, out.len()) with `w` keys each side.
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn boundary_scores(op: &Op, i3: usize, w: usize, out: &mut [f32], n_threads: usize) {
+    assert!(out.len() <= op.n_kv as usize);
+    // SAFETY: op valid (caller); out holds n entries, n <= n_kv.
+    unsafe { ffi::dhsa_boundary_scores(op, i3 as i64, out.len() as i64, w as i64, out.as_mut_ptr(), n_threads as i32) }
+}
+
+/// Per-chunk, per-kv-head keys: sum / sqrt(len) when `normalised`, else the mean.
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn chunk_keys(op: &Op, i3: usize, starts: &[i32], normalised: bool, out: &mut [f32], n_threads: usize) {
+    let n_chunks = starts.len() - 1;
+    assert_eq!(out.len(), n_chunks * (op.n_head_kv * op.dk) as usize);
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]) && starts[0] >= 0 && *starts.last().unwrap() as i64 <= op.n_kv);
+    // SAFETY: op valid (caller); starts are ordered within [0, n_kv]; out sized above.
+    unsafe {
+        ffi::dhsa_chunk_keys(
+            op,
+            i3 as i64,
+            n_chunks as i64,
+            starts.as_ptr(),
+            normalised as i32,
+            out.as_mut_ptr(),
+            n_threads as i32,
+        )
+    }
+}
+
+/// Mean query per block and kv head.
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn query_means(op: &Op, i3: usize, q_block: usize, out: &mut [f32], n_threads: usize) {
+    let n_blocks = (op.n_q as usize).div_ceil(q_block);
+    assert_eq!(out.len(), n_blocks * (op.n_head_kv * op.dk) as usize);
+    // SAFETY: op valid (caller); out sized above.
+    unsafe { ffi::dhsa_query_means(op, i3 as i64, q_block as i64, out.as_mut_ptr(), n_threads as i32) }
+}
+
+/// scores[block][kv head][chunk] = qmeans . ckeys.
+pub fn chunk_scores(op: &Op, n_blocks: usize, qmeans: &[f32], ckeys: &[f32], out: &mut [f32], n_threads: usize) {
+    let (nh, dk) = (op.n_head_kv as usize, op.dk as usize);
+    let n_chunks = ckeys.len() / (nh * dk);
+    assert_eq!(qmeans.len(), n_blocks * nh * dk);
+    assert_eq!(out.len(), n_blocks * nh * n_chunks);
+    // SAFETY: only the plain fields of op are read; the three buffers are sized as asserted.
+    unsafe {
+        ffi::dhsa_chunk_scores(
+            op,
+            n_blocks as i64,
+            n_chunks as i64,
+            qmeans.as_ptr(),
+            ckeys.as_ptr(),
+            out.as_mut_ptr(),
+            n_threads as i32,
+        )
+    }
+}
+
+/// Exact softmax mass per key, summed over each block's queries and each group's heads.
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn key_mass(op: &Op, i3: usize, q_block: usize, n_sel_groups: usize, out: &mut [f32], n_threads: usize) {
+    let n_blocks = (op.n_q as usize).div_ceil(q_block);
+    assert_eq!(out.len(), n_blocks * n_sel_groups * op.n_kv as usize);
+    assert!(n_sel_groups == 1 || n_sel_groups == op.n_head_kv as usize);
+    // SAFETY: op valid (caller); out sized above.
+    unsafe {
+        ffi::dhsa_key_mass(op, i3 as i64, q_block as i64, n_sel_groups as i64, out.as_mut_ptr(), n_threads as i32)
     }
 }

@@ -18,3 +18,9 @@ pub mod runner;
 pub mod stats;
 
 pub use plugin::register;
+pub mod ggml_fa;
+pub mod plot;
+pub mod run;
+pub mod select;
+pub mod session;
+pub mod text;

@@ -16,20 +16,14 @@ static LOG_LEVEL: AtomicI32 = AtomicI32::new(sys::GGML_LOG_LEVEL_ERROR as i32);
 /// Where the backend modules (libggml-cpu.so, libggml-cuda.so) are loaded from: $DHSA_BACKEND_DIR,
 /// else the upstream build this binary was linked against.
 pub fn backend_dir() -> String {
-    std::env::var("DHSA_BACKEND_DIR")
-        .ok()
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| sys::BIN_DIR.to_string())
+    std::env::var("DHSA_BACKEND_DIR").ok().filter(|d| !d.is_empty()).unwrap_or_else(|| sys::BIN_DIR.to_string())
 }
 
 unsafe extern "C" fn log_cb(level: sys::ggml_log_level, text: *const c_char, _ud: *mut c_void) {
     let min = LOG_LEVEL.load(Ordering::Relaxed);
     // CONT lines continue whatever came before; keep them only when everything is shown
-    let show = if level == sys::GGML_LOG_LEVEL_CONT {
-        min <= sys::GGML_LOG_LEVEL_DEBUG as i32
-    } else {
-        level as i32 >= min
-    };
+    let show =
+        if level == sys::GGML_LOG_LEVEL_CONT { min <= sys::GGML_LOG_LEVEL_DEBUG as i32 } else { level as i32 >= min };
     if show && !text.is_null() {
         // SAFETY: llama.cpp passes a NUL-terminated string valid for the duration of the call.
         let s = unsafe { CStr::from_ptr(text) };
@@ -41,11 +35,7 @@ unsafe extern "C" fn log_cb(level: sys::ggml_log_level, text: *const c_char, _ud
 /// unless `verbose`. Backends registered in-process (dhsa's own) must be registered after this.
 pub fn init(verbose: bool) {
     LOG_LEVEL.store(
-        if verbose {
-            sys::GGML_LOG_LEVEL_DEBUG as i32
-        } else {
-            sys::GGML_LOG_LEVEL_ERROR as i32
-        },
+        if verbose { sys::GGML_LOG_LEVEL_DEBUG as i32 } else { sys::GGML_LOG_LEVEL_ERROR as i32 },
         Ordering::Relaxed,
     );
     INIT.call_once(|| {
@@ -63,29 +53,18 @@ pub fn init(verbose: bool) {
 /// Checks that `path` is a readable, complete-looking GGUF before llama.cpp sees it, so the user
 /// gets one clear line instead of a loader trace.
 pub fn check_gguf(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| anyhow!("cannot open model {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| anyhow!("cannot open model {}: {e}", path.display()))?;
     if meta.is_dir() {
         bail!("model {} is a directory, not a GGUF file", path.display());
     }
-    let mut f = std::fs::File::open(path)
-        .map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
+    let mut f = std::fs::File::open(path).map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
     let mut head = [0u8; 24];
-    let n = f
-        .read(&mut head)
-        .map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
+    let n = f.read(&mut head).map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
     if n < 4 || &head[..4] != b"GGUF" {
-        bail!(
-            "{} is not a GGUF model file (it does not start with the GGUF magic)",
-            path.display()
-        );
+        bail!("{} is not a GGUF model file (it does not start with the GGUF magic)", path.display());
     }
     if n < 24 {
-        bail!(
-            "{} is a truncated GGUF file ({} bytes)",
-            path.display(),
-            meta.len()
-        );
+        bail!("{} is a truncated GGUF file ({} bytes)", path.display(), meta.len());
     }
     Ok(())
 }
@@ -113,8 +92,7 @@ unsafe impl Sync for Model {}
 impl Model {
     pub fn load(path: &Path, opts: &ModelOptions) -> Result<Model> {
         check_gguf(path)?;
-        let cpath = CString::new(path.to_string_lossy().as_bytes())
-            .context("model path contains a NUL byte")?;
+        let cpath = CString::new(path.to_string_lossy().as_bytes()).context("model path contains a NUL byte")?;
         let mut devices: Vec<sys::ggml_backend_dev_t> = opts.devices.clone();
         let mut split = vec![0f32; 128];
         // SAFETY: llama_model_default_params returns a plain struct by value.
@@ -135,10 +113,7 @@ impl Model {
         // SAFETY: cpath, devices and split outlive the call; the callback ignores its user data.
         let ptr = unsafe { sys::llama_model_load_from_file(cpath.as_ptr(), p) };
         let ptr = NonNull::new(ptr).ok_or_else(|| {
-            anyhow!(
-                "llama.cpp could not load {} (truncated, corrupt, or an unsupported model)",
-                path.display()
-            )
+            anyhow!("llama.cpp could not load {} (truncated, corrupt, or an unsupported model)", path.display())
         })?;
         Ok(Model { ptr })
     }
@@ -150,10 +125,7 @@ impl Model {
     pub fn vocab(&self) -> Vocab<'_> {
         // SAFETY: the model is alive; the vocab lives as long as the model.
         let v = unsafe { sys::llama_model_get_vocab(self.ptr.as_ptr()) };
-        Vocab {
-            ptr: v,
-            _model: std::marker::PhantomData,
-        }
+        Vocab { ptr: v, _model: std::marker::PhantomData }
     }
 
     pub fn n_ctx_train(&self) -> u32 {
@@ -179,13 +151,7 @@ impl Model {
     pub fn desc(&self) -> String {
         let mut buf = [0u8; 256];
         // SAFETY: buf is writable for its length; llama_model_desc NUL-terminates within it.
-        let n = unsafe {
-            sys::llama_model_desc(
-                self.ptr.as_ptr(),
-                buf.as_mut_ptr() as *mut c_char,
-                buf.len(),
-            )
-        };
+        let n = unsafe { sys::llama_model_desc(self.ptr.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len()) };
         String::from_utf8_lossy(&buf[..(n.max(0) as usize).min(buf.len())]).into_owned()
     }
 
@@ -204,10 +170,7 @@ impl Model {
         };
         let role = CString::new("user").unwrap();
         let content = CString::new(user).context("prompt contains a NUL byte")?;
-        let msg = sys::llama_chat_message {
-            role: role.as_ptr(),
-            content: content.as_ptr(),
-        };
+        let msg = sys::llama_chat_message { role: role.as_ptr(), content: content.as_ptr() };
         let mut buf = vec![0u8; user.len() * 2 + 1024];
         for _ in 0..2 {
             // SAFETY: tmpl, msg's strings and buf are valid for the call; buf's length is passed.
@@ -294,14 +257,7 @@ impl Vocab<'_> {
         for _ in 0..2 {
             // SAFETY: buf is writable for its length.
             let n = unsafe {
-                sys::llama_token_to_piece(
-                    self.ptr,
-                    tok,
-                    buf.as_mut_ptr() as *mut c_char,
-                    buf.len() as i32,
-                    0,
-                    false,
-                )
+                sys::llama_token_to_piece(self.ptr, tok, buf.as_mut_ptr() as *mut c_char, buf.len() as i32, 0, false)
             };
             if n >= 0 {
                 buf.truncate(n as usize);
@@ -336,20 +292,12 @@ pub struct ContextOptions {
 
 impl Default for ContextOptions {
     fn default() -> Self {
-        ContextOptions {
-            n_ctx: 0,
-            n_batch: 2048,
-            n_ubatch: 512,
-            n_threads: default_threads(),
-            flash_attn: Some(true),
-        }
+        ContextOptions { n_ctx: 0, n_batch: 2048, n_ubatch: 512, n_threads: default_threads(), flash_attn: Some(true) }
     }
 }
 
 pub fn default_threads() -> i32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as i32)
-        .unwrap_or(2)
+    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(2)
 }
 
 /// Set by Ctrl-C; checked by llama.cpp between graph nodes through the abort callback.
@@ -389,8 +337,8 @@ impl<'m> Context<'m> {
         p.abort_callback = Some(abort_cb);
         // SAFETY: the model is alive for 'm, which bounds the context.
         let ptr = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
-        let ptr = NonNull::new(ptr)
-            .ok_or_else(|| anyhow!("llama.cpp could not create a context (n_ctx {})", o.n_ctx))?;
+        let ptr =
+            NonNull::new(ptr).ok_or_else(|| anyhow!("llama.cpp could not create a context (n_ctx {})", o.n_ctx))?;
         Ok(Context { ptr, model })
     }
 
@@ -449,11 +397,7 @@ impl<'m> Context<'m> {
             match rc {
                 0 => Ok(Decoded::Ok),
                 2 => Ok(Decoded::Interrupted),
-                1 => bail!(
-                    "the KV cache has no room for {} more tokens (context {})",
-                    tokens.len(),
-                    self.n_ctx()
-                ),
+                1 => bail!("the KV cache has no room for {} more tokens (context {})", tokens.len(), self.n_ctx()),
                 rc => bail!("llama_decode failed ({rc})"),
             }
         }

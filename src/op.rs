@@ -60,17 +60,12 @@ pub unsafe fn read(node: &sys::ggml_tensor) -> Result<Op, &'static str> {
         _ => return Err("K/V type not computed"),
     };
     // rows must be contiguous; other strides are free
-    if q.nb[0] != 4
-        || k.nb[0] != type_size(k.type_)
-        || v.nb[0] != type_size(v.type_)
-        || node.nb[0] != 4
-    {
+    if q.nb[0] != 4 || k.nb[0] != type_size(k.type_) || v.nb[0] != type_size(v.type_) || node.nb[0] != 4 {
         return Err("non-contiguous rows");
     }
     let (dk, dv, n_q, n_kv) = (q.ne[0], v.ne[0], q.ne[1], k.ne[1]);
     let (n_head, n_head_kv, ne3) = (q.ne[2], k.ne[2], q.ne[3]);
-    if k.ne[0] != dk || v.ne[1] != n_kv || v.ne[2] != n_head_kv || k.ne[3] != ne3 || v.ne[3] != ne3
-    {
+    if k.ne[0] != dk || v.ne[1] != n_kv || v.ne[2] != n_head_kv || k.ne[3] != ne3 || v.ne[3] != ne3 {
         return Err("inconsistent q/k/v shapes");
     }
     if node.ne != [dv, n_head, n_q, ne3] {
@@ -82,11 +77,7 @@ pub unsafe fn read(node: &sys::ggml_tensor) -> Result<Op, &'static str> {
             if m.type_ != sys::GGML_TYPE_F16 || m.nb[0] != 2 || m.ne[0] < n_kv || m.ne[1] < n_q {
                 return Err("mask not F16 [n_kv, n_q, ...]");
             }
-            (
-                m.data as *const u16,
-                [m.ne[2], m.ne[3]],
-                [m.nb[1], m.nb[2], m.nb[3]],
-            )
+            (m.data as *const u16, [m.ne[2], m.ne[3]], [m.nb[1], m.nb[2], m.nb[3]])
         }
     };
     let sinks = match s {
@@ -149,12 +140,7 @@ pub fn engages(op: &Op, cfg: &Config) -> bool {
 
 /// A layer index from a node name such as `__fattn__-12` (llama.cpp appends "-<layer>").
 pub fn layer_of(node: &sys::ggml_tensor) -> Option<u32> {
-    let name: Vec<u8> = node
-        .name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let name: Vec<u8> = node.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     let name = String::from_utf8_lossy(&name);
     name.rsplit('-').next()?.parse().ok()
 }

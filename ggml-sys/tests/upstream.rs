@@ -36,15 +36,13 @@ fn fake_archive(dir: &Path, name: &str) -> PathBuf {
         h.set_size(data.len() as u64);
         h.set_mode(0o644);
         h.set_cksum();
-        tar.append_data(&mut h, format!("pkg/vendor/llama.cpp/{m}"), data.as_bytes())
-            .unwrap();
+        tar.append_data(&mut h, format!("pkg/vendor/llama.cpp/{m}"), data.as_bytes()).unwrap();
     }
     let mut h = tar::Header::new_gnu();
     h.set_size(3);
     h.set_mode(0o644);
     h.set_cksum();
-    tar.append_data(&mut h, "pkg/setup.py", &b"x=1"[..])
-        .unwrap();
+    tar.append_data(&mut h, "pkg/setup.py", &b"x=1"[..]).unwrap();
     tar.into_inner().unwrap().finish().unwrap();
     path
 }
@@ -52,17 +50,13 @@ fn fake_archive(dir: &Path, name: &str) -> PathBuf {
 fn offline_pip() -> Pip {
     Pip {
         python: "python3".into(),
-        extra_env: vec![
-            ("PIP_NO_INDEX".into(), "1".into()),
-            ("PIP_FIND_LINKS".into(), "".into()),
-        ],
+        extra_env: vec![("PIP_NO_INDEX".into(), "1".into()), ("PIP_FIND_LINKS".into(), "".into())],
     }
 }
 
 #[test]
 fn the_committed_manifest_parses_and_pins_a_sha256() {
-    let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/llama.cpp.toml"))
-        .unwrap();
+    let m = Manifest::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../vendor/llama.cpp.toml")).unwrap();
     assert_eq!(m.package, "llama-cpp-python");
     assert_eq!(m.sha256.len(), 64);
     assert!(m.path.ends_with("vendor/llama.cpp"));
@@ -98,10 +92,7 @@ fn offline_with_nothing_cached_says_what_to_do() {
     let cache = tmp("offline");
     let m = manifest("llama_cpp_python-0.0.0-test.tar.gz", &"0".repeat(64));
     let e = resolve(&m, &cache, None, &offline_pip()).unwrap_err();
-    assert!(
-        e.contains("could not download llama-cpp-python==0.0.0-test"),
-        "{e}"
-    );
+    assert!(e.contains("could not download llama-cpp-python==0.0.0-test"), "{e}");
     assert!(e.contains("DHSA_LLAMA_CPP_DIR"), "{e}");
     // nothing half-done is left behind to be mistaken for a download
     let left: Vec<_> = fs::read_dir(&cache).unwrap().collect();
@@ -133,10 +124,7 @@ fn a_verified_archive_is_extracted_once_and_an_interrupted_extraction_is_redone(
     assert_eq!(src.identity, m.sha256);
     assert!(src.dir.join("ggml/include/ggml.h").is_file());
     assert!(src.dir.join("README.md").is_file());
-    assert!(
-        !src.dir.join("setup.py").exists(),
-        "only the llama.cpp folder is extracted"
-    );
+    assert!(!src.dir.join("setup.py").exists(), "only the llama.cpp folder is extracted");
 
     // simulate an extraction cut off before its stamp: the tree is redone, not trusted
     fs::remove_file(src.dir.join(".dhsa-extracted")).unwrap();

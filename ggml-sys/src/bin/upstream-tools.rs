@@ -5,23 +5,10 @@
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
-    let jobs = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .to_string();
-    eprintln!(
-        "building {} in {}",
-        ggml_sys::TOOLS.join(", "),
-        ggml_sys::BUILD_DIR
-    );
+    let jobs = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).to_string();
+    eprintln!("building {} in {}", ggml_sys::TOOLS.join(", "), ggml_sys::BUILD_DIR);
     let status = Command::new("cmake")
-        .args([
-            "--build",
-            ggml_sys::BUILD_DIR,
-            "--parallel",
-            &jobs,
-            "--target",
-        ])
+        .args(["--build", ggml_sys::BUILD_DIR, "--parallel", &jobs, "--target"])
         .args(ggml_sys::TOOLS)
         .status();
     match status {

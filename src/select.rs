@@ -1,0 +1,296 @@
+//! DHSA key selection: for every query block (and kv-head group, or all heads together), which keys
+//! to attend to within the token budget. The heavy loops are C kernels (csrc/select.c); this file
+//! strings them together and builds the span plan the attention kernel reads.
+//!
+//! Per op and sequence:
+//!   1. frontier: the last visible key of every query row (from the mask); per block, the lowest and
+//!      highest of those (`lo`, `hi`): the block's own positions, and its visible horizon.
+//!   2. chunks over the keys up to the highest horizon. dhsa/dynamic: boundaries where the
+//!      head-averaged mean key of `w` keys left and right of a position differ most (1 - cos),
+//!      chosen greedily as the strongest boundary in [start + chunk_min, start + chunk_max] (a 1-D
+//!      non-maximum suppression that also bounds chunk lengths); dhsa/fixed: every chunk_max keys;
+//!      block: every block_size keys.
+//!   3. chunk keys per kv head: sum / sqrt(len) (dhsa: length-normalised) or the mean (block);
+//!      query means per block and kv head; scores = query mean . chunk key (summed over kv heads
+//!      when one selection is shared by all heads).
+//!   4. per block: sink [0, sink) and window [lo - window, hi] always; then chunks by descending
+//!      score while they fit the budget (optionally until their estimated mass reaches tau);
+//!      a block whose horizon fits the budget attends densely. oracle ranks single keys by their
+//!      exact softmax mass instead; streaming keeps only sink and window.
+
+use crate::config::{Chunking, Config, Mode};
+use crate::kernels::{self, Op, Plan, Span};
+use anyhow::Result;
+
+#[derive(Default)]
+pub struct Selector {
+    last: Vec<i32>,
+    bscore: Vec<f32>,
+    starts: Vec<i32>,
+    ckeys: Vec<f32>,
+    qmeans: Vec<f32>,
+    scores: Vec<f32>,
+    mass: Vec<f32>,
+    order: Vec<u32>,
+    ranges: Vec<(i32, i32)>,
+}
+
+/// A plan and what it chose.
+pub struct Selection {
+    pub plan: Plan,
+    /// (block, group) pairs that attend to a selection
+    pub sparse_blocks: usize,
+    /// (block, group) pairs that attend to every visible key
+    pub dense_blocks: usize,
+}
+
+/// Greedy boundary placement: each chunk ends at the strongest boundary score in the allowed range.
+pub fn segment(scores: &[f32], min_len: usize, max_len: usize, starts: &mut Vec<i32>) {
+    let n = scores.len();
+    starts.clear();
+    starts.push(0);
+    let (min_len, max_len) = (min_len.max(1), max_len.max(min_len.max(1)));
+    let mut s = 0usize;
+    while n - s > max_len {
+        let (lo, hi) = (s + min_len, (s + max_len).min(n - 1));
+        let mut best = lo;
+        for j in lo..=hi {
+            if scores[j] > scores[best] {
+                best = j;
+            }
+        }
+        starts.push(best as i32);
+        s = best;
+    }
+    starts.push(n as i32);
+}
+
+/// Fixed chunks of `len` keys over [0, n).
+pub fn fixed_chunks(n: usize, len: usize, starts: &mut Vec<i32>) {
+    starts.clear();
+    starts.extend((0..n).step_by(len.max(1)).map(|s| s as i32));
+    starts.push(n as i32);
+}
+
+fn overlap(a: (i32, i32), b: (i32, i32)) -> i32 {
+    (a.1.min(b.1) - a.0.max(b.0)).max(0)
+}
+
+/// Sorts and merges ranges into disjoint spans appended to `out`; returns the keys they cover.
+fn merge_into(ranges: &mut [(i32, i32)], out: &mut Vec<Span>) -> i64 {
+    ranges.sort_unstable();
+    let mut covered = 0i64;
+    let mut cur: Option<(i32, i32)> = None;
+    for &(a, b) in ranges.iter().filter(|r| r.1 > r.0) {
+        cur = match cur {
+            Some((ca, cb)) if a <= cb => Some((ca, cb.max(b))),
+            Some(c) => {
+                out.push(Span { begin: c.0, end: c.1 });
+                covered += (c.1 - c.0) as i64;
+                Some((a, b))
+            }
+            None => Some((a, b)),
+        };
+    }
+    if let Some(c) = cur {
+        out.push(Span { begin: c.0, end: c.1 });
+        covered += (c.1 - c.0) as i64;
+    }
+    covered
+}
+
+impl Selector {
+    /// The plan for `op`, or None when the op is small enough for dense attention.
+    ///
+    /// # Safety
+    /// `op`'s pointers must address valid tensors (see kernels::attention).
+    pub unsafe fn select(&mut self, op: &Op, cfg: &Config, n_threads: usize) -> Result<Option<Selection>> {
+        let n_kv = op.n_kv as usize;
+        if cfg.mode == Mode::Dense || n_kv <= cfg.budget {
+            return Ok(None);
+        }
+        let (n_q, nh, dk, ne3) = (op.n_q as usize, op.n_head_kv as usize, op.dk as usize, op.ne3 as usize);
+        let q_block = cfg.q_block.min(n_q).max(1);
+        let n_blocks = n_q.div_ceil(q_block);
+        let n_sel = if cfg.shared_heads { 1 } else { nh };
+        let mut plan = Plan {
+            q_block,
+            n_blocks,
+            n_sel_groups: n_sel,
+            spans: vec![],
+            offsets: Vec::with_capacity(ne3 * n_blocks * n_sel + 1),
+        };
+        plan.offsets.push(0);
+        let (mut sparse, mut dense) = (0, 0);
+
+        for i3 in 0..ne3 {
+            self.last.resize(n_q, 0);
+            // SAFETY: forwarded from this function's contract (as for every kernel call below).
+            unsafe { kernels::row_frontier(op, i3, &mut self.last, n_threads) };
+            let bounds: Vec<(i32, i32)> = (0..n_blocks)
+                .map(|b| {
+                    let rows = &self.last[b * q_block..((b + 1) * q_block).min(n_q)];
+                    let vis = rows.iter().copied().filter(|&l| l >= 0);
+                    (vis.clone().min().unwrap_or(-1), vis.max().unwrap_or(-1))
+                })
+                .collect();
+            let horizon = bounds.iter().map(|b| b.1 + 1).max().unwrap_or(0).max(0) as usize;
+            let all_dense = bounds.iter().all(|b| (b.1 + 1) as usize <= cfg.budget);
+
+            // chunks and their scores, shared by every block of this sequence
+            let n_chunks = if all_dense || horizon == 0 {
+                0
+            } else {
+                match cfg.mode {
+                    Mode::Dhsa | Mode::Block => {
+                        if cfg.mode == Mode::Block {
+                            fixed_chunks(horizon, cfg.block_size, &mut self.starts);
+                        } else if cfg.chunking == Chunking::Fixed {
+                            fixed_chunks(horizon, cfg.chunk_max, &mut self.starts);
+                        } else {
+                            self.bscore.resize(horizon, 0.0);
+                            unsafe {
+                                kernels::boundary_scores(op, i3, cfg.boundary_window, &mut self.bscore, n_threads)
+                            };
+                            segment(&self.bscore, cfg.chunk_min, cfg.chunk_max, &mut self.starts);
+                        }
+                        let nc = self.starts.len() - 1;
+                        self.ckeys.resize(nc * nh * dk, 0.0);
+                        let normalised = cfg.mode == Mode::Dhsa;
+                        unsafe { kernels::chunk_keys(op, i3, &self.starts, normalised, &mut self.ckeys, n_threads) };
+                        self.qmeans.resize(n_blocks * nh * dk, 0.0);
+                        unsafe { kernels::query_means(op, i3, q_block, &mut self.qmeans, n_threads) };
+                        self.scores.resize(n_blocks * nh * nc, 0.0);
+                        kernels::chunk_scores(op, n_blocks, &self.qmeans, &self.ckeys, &mut self.scores, n_threads);
+                        if n_sel == 1 {
+                            // one selection for all heads: sum the kv heads' scores into the first
+                            for b in 0..n_blocks {
+                                let (first, rest) = self.scores[b * nh * nc..(b + 1) * nh * nc].split_at_mut(nc);
+                                for h in 1..nh {
+                                    first.iter_mut().zip(&rest[(h - 1) * nc..h * nc]).for_each(|(a, x)| *a += x);
+                                }
+                            }
+                        }
+                        nc
+                    }
+                    Mode::Oracle => {
+                        self.mass.resize(n_blocks * n_sel * n_kv, 0.0);
+                        unsafe { kernels::key_mass(op, i3, q_block, n_sel, &mut self.mass, n_threads) };
+                        0
+                    }
+                    Mode::Streaming | Mode::Dense => 0,
+                }
+            };
+
+            for (b, &(lo, hi)) in bounds.iter().enumerate() {
+                for s in 0..n_sel {
+                    let visible = (hi + 1).max(0) as usize;
+                    self.ranges.clear();
+                    if hi < 0 {
+                        // nothing visible: no keys
+                    } else if visible <= cfg.budget {
+                        self.ranges.push((0, hi + 1));
+                        dense += 1;
+                    } else {
+                        self.fixed(cfg, lo, hi);
+                        match cfg.mode {
+                            Mode::Dhsa | Mode::Block => {
+                                let row = if n_sel == 1 { b * nh * n_chunks } else { (b * nh + s) * n_chunks };
+                                self.pick_chunks(cfg, op, row, n_chunks, hi, nh / n_sel);
+                            }
+                            Mode::Oracle => self.pick_keys(cfg, (b * n_sel + s) * n_kv, n_kv, hi),
+                            _ => {}
+                        }
+                        sparse += 1;
+                    }
+                    merge_into(&mut self.ranges, &mut plan.spans);
+                    plan.offsets.push(plan.spans.len() as i64);
+                }
+            }
+        }
+        Ok(Some(Selection { plan, sparse_blocks: sparse, dense_blocks: dense }))
+    }
+
+    /// Sink and window of a block whose own rows end at keys lo..=hi.
+    fn fixed(&mut self, cfg: &Config, lo: i32, hi: i32) {
+        self.ranges.push((0, (cfg.sink as i32).min(hi + 1)));
+        self.ranges.push(((lo - cfg.window as i32).max(0), hi + 1));
+    }
+
+    /// Budget already used by the fixed ranges (they overlap at most each other).
+    fn fixed_used(&self) -> (i32, [(i32, i32); 2]) {
+        let (a, b) = (self.ranges[0], self.ranges[1]);
+        ((a.1 - a.0) + (b.1 - b.0) - overlap(a, b), [a, b])
+    }
+
+    fn pick_chunks(&mut self, cfg: &Config, op: &Op, row: usize, n_chunks: usize, hi: i32, heads_summed: usize) {
+        let (mut used, fixed) = self.fixed_used();
+        let budget = cfg.budget as i32;
+        let scores = &self.scores[row..row + n_chunks];
+        let starts = &self.starts;
+        // candidates: chunks that start at or before the horizon, with keys outside sink/window
+        let new_keys = |c: usize| -> i32 {
+            let r = (starts[c], starts[c + 1].min(hi + 1));
+            (r.1 - r.0).max(0) - overlap(r, fixed[0]) - overlap(r, fixed[1])
+                + overlap(r, (fixed[0].0.max(fixed[1].0), fixed[0].1.min(fixed[1].1)))
+        };
+        self.order.clear();
+        self.order.extend((0..n_chunks as u32).filter(|&c| starts[c as usize] <= hi));
+        self.order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+
+        // adaptive budget: estimated mass of a chunk = len * exp(scale * mean dot)
+        let tau = cfg.tau as f64;
+        let est = |c: usize| -> f64 {
+            let len = (starts[c + 1].min(hi + 1) - starts[c]).max(0) as f64;
+            let norm = if cfg.mode == Mode::Dhsa { len.sqrt().max(1.0) } else { 1.0 };
+            let mean_dot = scores[c] as f64 / norm / heads_summed as f64;
+            (len.max(1.0)).ln() + op.scale as f64 * mean_dot
+        };
+        let (mut total, mut have, mut amax) = (0f64, 0f64, f64::NEG_INFINITY);
+        if tau > 0.0 {
+            for &c in &self.order {
+                amax = amax.max(est(c as usize));
+            }
+            for &c in &self.order {
+                let c = c as usize;
+                let m = (est(c) - amax).exp();
+                total += m;
+                let len = (starts[c + 1].min(hi + 1) - starts[c]).max(1);
+                have += m * (1.0 - new_keys(c) as f64 / len as f64);
+            }
+        }
+        for &c in &self.order {
+            if tau > 0.0 && have >= tau * total {
+                break;
+            }
+            let c = c as usize;
+            let n = new_keys(c);
+            if n <= 0 || used + n > budget {
+                continue;
+            }
+            used += n;
+            self.ranges.push((starts[c], starts[c + 1].min(hi + 1)));
+            if tau > 0.0 {
+                let len = (starts[c + 1].min(hi + 1) - starts[c]).max(1);
+                have += (est(c) - amax).exp() * n as f64 / len as f64;
+            }
+            if used >= budget {
+                break;
+            }
+        }
+    }
+
+    fn pick_keys(&mut self, cfg: &Config, row: usize, n_kv: usize, hi: i32) {
+        let (used, fixed) = self.fixed_used();
+        let mass = &self.mass[row..row + n_kv];
+        let inside = |j: i32| (j >= fixed[0].0 && j < fixed[0].1) || (j >= fixed[1].0 && j < fixed[1].1);
+        self.order.clear();
+        self.order.extend((0..=hi as u32).filter(|&j| !inside(j as i32)));
+        let room = (cfg.budget as i32 - used).max(0) as usize;
+        if room < self.order.len() {
+            self.order.select_nth_unstable_by(room, |&a, &b| mass[b as usize].total_cmp(&mass[a as usize]));
+            self.order.truncate(room);
+        }
+        self.ranges.extend(self.order.iter().map(|&j| (j as i32, j as i32 + 1)));
+    }
+}
