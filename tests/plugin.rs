@@ -18,14 +18,28 @@ fn test_backend_ops_passes_every_claimed_flash_attn_case() {
         .output()
         .unwrap();
     let out = stdout(&o);
-    assert!(o.status.success(), "test-backend-ops failed:\n{}\n{}", out.lines().rev().take(30).collect::<Vec<_>>().join("\n"), stderr(&o));
+    assert!(
+        o.status.success(),
+        "test-backend-ops failed:\n{}\n{}",
+        out.lines().rev().take(30).collect::<Vec<_>>().join("\n"),
+        stderr(&o)
+    );
     let line = out.lines().find(|l| l.contains("tests passed")).expect("a summary line");
     let (pass, total) = line.trim().split_once(' ').unwrap().0.split_once('/').unwrap();
     let (pass, total): (usize, usize) = (pass.parse().unwrap(), total.parse().unwrap());
     assert_eq!(pass, total);
     assert!(pass >= 1000, "only {pass} cases were claimed");
     // every K/V type the kernels compute was exercised, with the op's options
-    for needle in ["type_K=f32", "type_K=f16", "type_K=bf16", "type_K=q8_0", "sinks=1", "max_bias=8", "logit_softcap=10", "permute=[0,2,1,3]"] {
+    for needle in [
+        "type_K=f32",
+        "type_K=f16",
+        "type_K=bf16",
+        "type_K=q8_0",
+        "sinks=1",
+        "max_bias=8",
+        "logit_softcap=10",
+        "permute=[0,2,1,3]",
+    ] {
         assert!(out.lines().any(|l| l.contains(needle) && l.contains("OK")), "no passing case with {needle}");
     }
     // and what the kernels cannot compute was declined, not attempted
@@ -65,18 +79,39 @@ fn an_invalid_setting_stops_the_plugin_from_loading_with_its_reason() {
         .output()
         .unwrap();
     let err = stderr(&o);
-    assert!(err.contains("invalid DHSA_MODE=\"fast\": accepted values are dense, dhsa, block, streaming, oracle"), "{err}");
+    assert!(
+        err.contains("invalid DHSA_MODE=\"fast\": accepted values are dense, dhsa, block, streaming, oracle"),
+        "{err}"
+    );
     assert!(!stdout(&o).contains("Backend DHSA"), "the plugin must not have loaded");
 
     let o = dhsa().args(["run", "-m", "/nonexistent.gguf", "-p", "x"]).env("DHSA_BUDGET", "0").output().unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("invalid DHSA_BUDGET=\"0\": accepted values are integers from 1 to 16777216"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("invalid DHSA_BUDGET=\"0\": accepted values are integers from 1 to 16777216"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 fn completion(extra: &[&str], envs: &[(&str, &str)], prompt: &std::path::Path) -> std::process::Output {
     let mut c = Command::new(tool("llama-completion"));
     c.arg("-m").arg(smollm2()).arg("-f").arg(prompt);
-    c.args(["-n", "6", "--temp", "0", "-fa", "on", "-c", "4096", "-t", "2", "--no-display-prompt", "-no-cnv", "--no-warmup"]);
+    c.args([
+        "-n",
+        "6",
+        "--temp",
+        "0",
+        "-fa",
+        "on",
+        "-c",
+        "4096",
+        "-t",
+        "2",
+        "--no-display-prompt",
+        "-no-cnv",
+        "--no-warmup",
+    ]);
     c.args(extra);
     for (k, v) in envs {
         c.env(k, v);
@@ -92,7 +127,11 @@ fn completion(extra: &[&str], envs: &[(&str, &str)], prompt: &std::path::Path) -
 fn llama_completion_gives_the_same_answer_with_the_plugin() {
     let prompt = passkey_file("completion", 11_000, "68417");
     let stock = completion(&[], &[], &prompt);
-    let plug = completion(&[], &[("GGML_BACKEND_PATH", plugin().to_str().unwrap()), ("DHSA_MODE", "dense"), ("DHSA_STATS", "1")], &prompt);
+    let plug = completion(
+        &[],
+        &[("GGML_BACKEND_PATH", plugin().to_str().unwrap()), ("DHSA_MODE", "dense"), ("DHSA_STATS", "1")],
+        &prompt,
+    );
     assert!(stdout(&stock).contains("68417"), "the stock run itself must find the key: {}", stdout(&stock));
     assert_eq!(stdout(&plug), stdout(&stock));
     let s = stats_lines(&plug);
@@ -101,7 +140,25 @@ fn llama_completion_gives_the_same_answer_with_the_plugin() {
     assert!(s.iter().all(|s| s.keys_attended == s.keys_visible), "dense mode attends every visible key");
 
     // The same through dhsa run (the plugin registered in-process).
-    let o = dhsa().args(["run", "-m", smollm2().to_str().unwrap(), "-f", prompt.to_str().unwrap(), "-n", "6", "-c", "4096", "-t", "2", "--mode", "dense", "--stats"]).output().unwrap();
+    let o = dhsa()
+        .args([
+            "run",
+            "-m",
+            smollm2().to_str().unwrap(),
+            "-f",
+            prompt.to_str().unwrap(),
+            "-n",
+            "6",
+            "-c",
+            "4096",
+            "-t",
+            "2",
+            "--mode",
+            "dense",
+            "--stats",
+        ])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), stdout(&stock).trim());
     assert!(stats_lines(&o).iter().map(|s| s.ops).sum::<u64>() > 0);

@@ -65,7 +65,13 @@ fn random_case(rng: &mut Rng) -> (OwnedOp, MaskKind) {
     s.v_type = s.k_type;
     s.sinks = rng.below(3) == 0;
     s.softcap = if rng.below(4) == 0 { 10.0 } else { 0.0 };
-    let kind = *rng.pick(&[MaskKind::Causal, MaskKind::Causal, MaskKind::TwoSequences, MaskKind::SlidingWindow(40), MaskKind::Random]);
+    let kind = *rng.pick(&[
+        MaskKind::Causal,
+        MaskKind::Causal,
+        MaskKind::TwoSequences,
+        MaskKind::SlidingWindow(40),
+        MaskKind::Random,
+    ]);
     let pad = rng.below(40);
     (random_op(s, kind, pad, rng), kind)
 }
@@ -102,7 +108,12 @@ fn selection_keeps_sink_window_and_own_positions_within_the_budget() {
                 assert!(spans.iter().all(|sp| sp.begin >= 0 && sp.begin < sp.end && sp.end as usize <= s.n_kv));
                 // the last visible key of each query row (its own position in a causal cache)
                 let rows: Vec<i64> = (b * p.q_block..((b + 1) * p.q_block).min(s.n_q))
-                    .map(|iq| (0..s.n_kv).rev().find(|&j| op.mask_at(0, 0, iq, j) != f32::NEG_INFINITY).map_or(-1, |j| j as i64))
+                    .map(|iq| {
+                        (0..s.n_kv)
+                            .rev()
+                            .find(|&j| op.mask_at(0, 0, iq, j) != f32::NEG_INFINITY)
+                            .map_or(-1, |j| j as i64)
+                    })
                     .collect();
                 let (lo, hi) = rows.iter().filter(|&&l| l >= 0).fold((i64::MAX, -1), |(a, b), &l| (a.min(l), b.max(l)));
                 if hi < 0 {
@@ -145,7 +156,11 @@ fn a_budget_covering_every_visible_key_attends_densely() {
         let mut cfg = config(Mode::ALL[1 + case % 4], n_kv, &mut rng);
         assert!(select(&mut op, &cfg).is_none(), "n_kv <= budget: dense op");
         // padding keys are never visible: a budget of the visible keys makes every block dense
-        let visible = (0..n_kv).rev().find(|&j| (0..op.shape.n_q).any(|iq| op.mask_at(0, 0, iq, j) != f32::NEG_INFINITY)).unwrap() + 1;
+        let visible = (0..n_kv)
+            .rev()
+            .find(|&j| (0..op.shape.n_q).any(|iq| op.mask_at(0, 0, iq, j) != f32::NEG_INFINITY))
+            .unwrap()
+            + 1;
         if visible < n_kv {
             cfg.budget = visible;
             let sel = select(&mut op, &cfg).unwrap();
@@ -153,7 +168,9 @@ fn a_budget_covering_every_visible_key_attends_densely() {
             check_exact(&mut op, &sel.plan, "all blocks dense");
             let plan_out = op.dst.clone();
             op.run(None, 2, &mut Scratch::default(), &mut Counters::default()).unwrap();
-            assert!(reference::max_rel_err(&plan_out, &op.dst.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1.0) <= TOL);
+            assert!(
+                reference::max_rel_err(&plan_out, &op.dst.iter().map(|&x| x as f64).collect::<Vec<_>>(), 1.0) <= TOL
+            );
         }
     }
 }
@@ -173,7 +190,8 @@ fn degenerate_ops_match_the_reference() {
     // the smallest budget, one-key chunks, and chunks longer than the context
     for (budget, cmin, cmax) in [(1, 1, 1), (1, 4, 16), (5, 1, 1000), (299, 300, 400)] {
         let mut op = random_op(base.clone(), MaskKind::Causal, 0, &mut rng);
-        let cfg = Config { budget, chunk_min: cmin, chunk_max: cmax, q_block: 8, sink: 2, window: 3, ..Config::default() };
+        let cfg =
+            Config { budget, chunk_min: cmin, chunk_max: cmax, q_block: 8, sink: 2, window: 3, ..Config::default() };
         let sel = select(&mut op, &cfg).unwrap();
         check_exact(&mut op, &sel.plan, &format!("budget {budget} chunks {cmin}..{cmax}"));
     }
