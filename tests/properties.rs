@@ -5,6 +5,7 @@
 //!   - every sparse mode equals the reference restricted to the keys its plan selects (so no masked
 //!     key is ever attended), keeps sink, window and each query's own key, and respects the budget;
 //!   - with a budget covering every visible key, every mode equals dense.
+//!
 //! 1000 cases per property by default; set DHSA_PROPTEST_CASES for more. Each test prints what it
 //! tried. Tolerance: 2e-5 (|x - ref| / (|ref| + 1)).
 
@@ -78,7 +79,8 @@ fn case() -> impl Strategy<Value = Case> {
                 (softcap, bias, sinks, seed),
             )| {
                 // q8_0 needs rows of whole 32-element blocks
-                let fix = |t: KvType, d: usize| if t == KvType::Q8_0 && d % 32 != 0 { KvType::F16 } else { t };
+                let fix =
+                    |t: KvType, d: usize| if t == KvType::Q8_0 && !d.is_multiple_of(32) { KvType::F16 } else { t };
                 Case {
                     n_head_kv,
                     g,
