@@ -109,7 +109,20 @@ fn compile_c() -> String {
         && !san.is_empty()
     {
         b.flag(format!("-fsanitize={san}")).flag("-fno-omit-frame-pointer").flag("-fno-sanitize-recover=all");
-        b.opt_level(1);
+        b.opt_level(2);
+        // the sanitizer runtimes (gcc's), for every binary of the package; rustc links with
+        // -nodefaultlibs, so they are named explicitly
+        for (name, lib) in [("address", "asan"), ("undefined", "ubsan"), ("thread", "tsan")] {
+            if san.split(',').any(|s| s.trim() == name) {
+                let out = Command::new("gcc").arg(format!("-print-file-name=lib{lib}.so")).output();
+                if let Some(dir) = out.ok().map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+                    && let Some(dir) = dir.parent().filter(|d| d.is_dir())
+                {
+                    println!("cargo:rustc-link-search=native={}", dir.display());
+                }
+                println!("cargo:rustc-link-lib=dylib={lib}");
+            }
+        }
     }
     b.compile("dhsa_kernels");
     // the kernels share libgomp's thread pool with ggml's CPU backend (same threads, no oversubscription)

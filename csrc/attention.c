@@ -391,7 +391,7 @@ static int64_t count_visible(const dhsa_op *op, int n_threads) {
     const int64_t rows = op->mask_ne3 * op->mask_ne2 * op->n_q;
     const int64_t weight = (op->n_head / op->mask_ne2) * (op->ne3 / op->mask_ne3);
     int64_t total = 0;
-#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : total)
+#pragma omp parallel for num_threads(n_threads) schedule(static) reduction(+ : total) if (rows * op->n_kv >= (1 << 17))
     for (int64_t r = 0; r < rows; r++) {
         const int64_t q = r % op->n_q, hm = (r / op->n_q) % op->mask_ne2, i3 = r / (op->n_q * op->mask_ne2);
         const uint16_t *mp =

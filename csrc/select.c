@@ -15,6 +15,10 @@
 
 #define NEG_INF_F16 0xFC00u
 
+/* Below this many element operations a loop runs on the calling thread: a parallel region costs
+ * microseconds when the cores are idle and a scheduler time slice when they are not. */
+#define PAR_MIN_WORK (1 << 17)
+
 static int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
@@ -39,7 +43,7 @@ static void axpy(float *y, const float *x, float a, int64_t n) {
 }
 
 void dhsa_row_frontier(const dhsa_op *op, int64_t i3, int32_t *last, int n_threads) {
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (op->n_q * op->mask_ne2 * 512 >= PAR_MIN_WORK)
     for (int64_t q = 0; q < op->n_q; q++) {
         int64_t best = op->mask ? -1 : op->n_kv - 1;
         /* the latest key any head of this query sees (masks may differ per head) */
@@ -54,63 +58,71 @@ void dhsa_row_frontier(const dhsa_op *op, int64_t i3, int32_t *last, int n_threa
     }
 }
 
-/* The head-averaged key of row j into out (work: dk floats). */
-static void mean_key(const dhsa_op *op, int64_t i3, int64_t j, float *out, float *work) {
+/* The sum over kv heads of key row j, into out (dk floats; the caller keeps padding at zero). */
+static void head_sum_key(const dhsa_op *op, int64_t i3, int64_t j, float *out) {
     memset(out, 0, sizeof(float) * (size_t)op->dk);
-    for (int64_t hk = 0; hk < op->n_head_kv; hk++) {
-        row_to_f32(op->k_type, k_row(op, i3, hk, j), work, op->dk);
-        axpy(out, work, 1.0f, op->dk);
-    }
+    for (int64_t hk = 0; hk < op->n_head_kv; hk++) accum_row(op->k_type, k_row(op, i3, hk, j), out, op->dk);
 }
 
 void dhsa_boundary_scores(const dhsa_op *op, int64_t i3, int64_t n, int64_t w, float *out, int n_threads) {
-    const int64_t dk = op->dk;
+    const int64_t dk = op->dk, dkp = (dk + 7) / 8 * 8, slots = 2 * w + 1;
     if (n <= 0) return;
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if (n * op->n_head_kv * dk >= PAR_MIN_WORK)
     {
         const int nt = omp_get_num_threads(), t = omp_get_thread_num();
         const int64_t j0 = n * t / nt, j1 = n * (t + 1) / nt;
-        /* ring of the 2w head-averaged keys around j, and running sums of each side */
-        float *ring = malloc(sizeof(float) * (size_t)(dk * (2 * w + 1)));
-        float *left = calloc((size_t)dk, sizeof(float)), *right = calloc((size_t)dk, sizeof(float));
-        float *work = malloc(sizeof(float) * (size_t)dk);
-#define RING(j) (ring + (((j) % (2 * w + 1) + (2 * w + 1)) % (2 * w + 1)) * dk)
-        if (ring && left && right && work && j0 < j1) {
+        /* a ring of the 2w+1 head-summed keys around j, and running sums of each side; rows are
+         * padded to a vector multiple with zeros so the fused loop below has no tail */
+        float *ring = calloc((size_t)(dkp * slots), sizeof(float));
+        float *left = calloc((size_t)dkp, sizeof(float)), *right = calloc((size_t)dkp, sizeof(float));
+        float *zero = calloc((size_t)dkp, sizeof(float));
+#define RING(j) (ring + ((j) % slots) * dkp)
+        if (ring && left && right && zero && j0 < j1) {
             /* left = keys [j0-w, j0), right = keys [j0, j0+w) (clipped to [0, n)) */
             for (int64_t j = imax(0, j0 - w); j < imin(n, j0 + w); j++) {
-                mean_key(op, i3, j, RING(j), work);
-                axpy(j < j0 ? left : right, RING(j), 1.0f, dk);
+                head_sum_key(op, i3, j, RING(j));
+                accum_row(0, (const char *)RING(j), j < j0 ? left : right, dkp);
             }
             for (int64_t j = j0; j < j1; j++) {
-                if (j > j0) {
-                    /* slide: key j-1 moves from right to left, j-1-w leaves, j+w-1 enters */
-                    axpy(right, RING(j - 1), -1.0f, dk);
-                    axpy(left, RING(j - 1), 1.0f, dk);
-                    if (j - 1 - w >= 0) axpy(left, RING(j - 1 - w), -1.0f, dk);
-                    if (j + w - 1 < n) {
-                        mean_key(op, i3, j + w - 1, RING(j + w - 1), work);
-                        axpy(right, RING(j + w - 1), 1.0f, dk);
-                    }
+                /* slide by one: key j-1 moves from right to left, j-1-w leaves, j+w-1 enters;
+                 * update both sums and their three dot products in one pass */
+                const int slide = j > j0;
+                const float *mid = slide ? RING(j - 1) : zero;
+                const float *gone = slide && j - 1 - w >= 0 ? RING(j - 1 - w) : zero;
+                const float *enter = zero;
+                if (slide && j + w - 1 < n) {
+                    head_sum_key(op, i3, j + w - 1, RING(j + w - 1));
+                    enter = RING(j + w - 1);
                 }
-                const float ll = dot(left, left, dk), rr = dot(right, right, dk), lr = dot(left, right, dk);
+                vf ll = vf_zero(), rr = vf_zero(), lr = vf_zero();
+                for (int64_t d = 0; d < dkp; d += VL) {
+                    const vf m = vf_load(mid + d);
+                    const vf l = vf_sub(vf_add(vf_load(left + d), m), vf_load(gone + d));
+                    const vf r = vf_sub(vf_add(vf_load(right + d), vf_load(enter + d)), m);
+                    vf_store(left + d, l);
+                    vf_store(right + d, r);
+                    ll = vf_fma(l, l, ll);
+                    rr = vf_fma(r, r, rr);
+                    lr = vf_fma(l, r, lr);
+                }
+                const float sll = vf_hsum(ll), srr = vf_hsum(rr), slr = vf_hsum(lr);
                 /* 1 - cosine similarity of the two means: 0 inside a uniform stretch, up to 2 at a turn */
-                out[j] = (j == 0 || ll <= 0.0f || rr <= 0.0f) ? 0.0f : 1.0f - lr / sqrtf(ll * rr);
+                out[j] = (j == 0 || sll <= 0.0f || srr <= 0.0f) ? 0.0f : 1.0f - slr / sqrtf(sll * srr);
             }
         }
 #undef RING
         free(ring);
         free(left);
         free(right);
-        free(work);
+        free(zero);
     }
 }
 
 void dhsa_chunk_keys(const dhsa_op *op, int64_t i3, int64_t n_chunks, const int32_t *starts, int length_normalised,
                      float *out, int n_threads) {
     const int64_t dk = op->dk, nh = op->n_head_kv;
-#pragma omp parallel num_threads(n_threads)
+#pragma omp parallel num_threads(n_threads) if ((int64_t)starts[n_chunks] * nh * dk >= PAR_MIN_WORK)
     {
-        float *work = malloc(sizeof(float) * (size_t)dk);
 #pragma omp for schedule(static)
         for (int64_t c = 0; c < n_chunks; c++) {
             const int64_t len = starts[c + 1] - starts[c];
@@ -118,22 +130,17 @@ void dhsa_chunk_keys(const dhsa_op *op, int64_t i3, int64_t n_chunks, const int3
             for (int64_t hk = 0; hk < nh; hk++) {
                 float *o = out + (c * nh + hk) * dk;
                 memset(o, 0, sizeof(float) * (size_t)dk);
-                if (!work) continue;
-                for (int64_t j = starts[c]; j < starts[c + 1]; j++) {
-                    row_to_f32(op->k_type, k_row(op, i3, hk, j), work, dk);
-                    axpy(o, work, 1.0f, dk);
-                }
+                for (int64_t j = starts[c]; j < starts[c + 1]; j++) accum_row(op->k_type, k_row(op, i3, hk, j), o, dk);
                 for (int64_t d = 0; d < dk; d++) o[d] *= f;
             }
         }
-        free(work);
     }
 }
 
 void dhsa_query_means(const dhsa_op *op, int64_t i3, int64_t q_block, float *out, int n_threads) {
     const int64_t dk = op->dk, nh = op->n_head_kv, g = op->n_head / op->n_head_kv;
     const int64_t n_blocks = (op->n_q + q_block - 1) / q_block;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (op->n_q * op->n_head * dk >= PAR_MIN_WORK)
     for (int64_t i = 0; i < n_blocks * nh; i++) {
         const int64_t b = i / nh, hk = i % nh;
         float *o = out + i * dk;
@@ -150,7 +157,7 @@ void dhsa_query_means(const dhsa_op *op, int64_t i3, int64_t q_block, float *out
 void dhsa_chunk_scores(const dhsa_op *op, int64_t n_blocks, int64_t n_chunks, const float *qmeans, const float *ckeys,
                        float *out, int n_threads) {
     const int64_t dk = op->dk, nh = op->n_head_kv;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_blocks * nh * n_chunks * dk >= PAR_MIN_WORK)
     for (int64_t i = 0; i < n_blocks * nh; i++) {
         const int64_t hk = i % nh;
         const float *qm = qmeans + i * dk;

@@ -169,6 +169,49 @@ DHSA_INLINE void row_to_f32(int32_t type, const char *src, float *dst, int64_t n
     }
 }
 
+/* dst[0..n) += a row of a dhsa_type, converted to f32 (no temporary row). */
+DHSA_INLINE void accum_row(int32_t type, const char *src, float *dst, int64_t n) {
+    int64_t i = 0;
+    switch (type) {
+    case 0: { /* DHSA_F32 */
+        const float *x = (const float *)src;
+        for (; i + VL <= n; i += VL) vf_store(dst + i, vf_add(vf_load(dst + i), vf_load(x + i)));
+        for (; i < n; i++) dst[i] += x[i];
+        break;
+    }
+    case 1: { /* DHSA_F16 */
+        const uint16_t *x = (const uint16_t *)src;
+#if DHSA_AVX2
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_add_ps(_mm256_loadu_ps(dst + i), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + i)))));
+#endif
+        for (; i < n; i++) dst[i] += f16_to_f32(x[i]);
+        break;
+    }
+    case 2: { /* DHSA_BF16 */
+        const uint16_t *x = (const uint16_t *)src;
+#if DHSA_AVX2
+        for (; i + 8 <= n; i += 8) {
+            __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(x + i))), 16);
+            _mm256_storeu_ps(dst + i, _mm256_add_ps(_mm256_loadu_ps(dst + i), _mm256_castsi256_ps(w)));
+        }
+#endif
+        for (; i < n; i++) dst[i] += bf16_to_f32(x[i]);
+        break;
+    }
+    case 3: /* DHSA_Q8_0 */
+        for (int64_t b = 0; b < n / 32; b++) {
+            const char *blk = src + b * 34;
+            uint16_t dh;
+            memcpy(&dh, blk, 2);
+            const float d = f16_to_f32(dh);
+            const int8_t *qs = (const int8_t *)(blk + 2);
+            for (int k = 0; k < 32; k++) dst[b * 32 + k] += d * (float)qs[k];
+        }
+        break;
+    }
+}
+
 /* tanh through exp: 1 - 2/(e^{2x}+1); saturates correctly to +-1 */
 DHSA_INLINE vf vf_tanh(vf x) {
     vf e = vf_exp(vf_add(x, x));

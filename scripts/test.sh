@@ -3,7 +3,8 @@
 #  1. formatting and lints (-D warnings), CPU build and CUDA build (feature `cuda`)
 #  2. the stock llama.cpp programs the tests drive (cargo upstream-tools, cached)
 #  3. every test in release mode
-#  4. the CUDA kernels compile and link (--features cuda; no GPU is needed or used here)
+#  4. the C kernels under ASan + UBSan (scripts/sanitize.sh)
+#  5. the CUDA kernels compile and link (--features cuda; no GPU is needed or used here)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_PATH="${CUDA_PATH:-$(bash scripts/install-cuda.sh --print-path)}"
@@ -18,6 +19,8 @@ step "stock llama.cpp programs"
 cargo upstream-tools >/dev/null
 step "tests"
 cargo test --workspace --release
+step "C kernels under AddressSanitizer + UndefinedBehaviorSanitizer"
+bash scripts/sanitize.sh
 step "CUDA build (compile and link)"
 cargo build --release --features cuda --lib
 echo "all checks passed"

@@ -226,6 +226,12 @@ impl Selector {
     fn pick_chunks(&mut self, cfg: &Config, op: &Op, row: usize, n_chunks: usize, hi: i32, heads_summed: usize) {
         let (mut used, fixed) = self.fixed_used();
         let budget = cfg.budget as i32;
+        let min_len = match (cfg.mode, cfg.chunking) {
+            (Mode::Block, _) => cfg.block_size,
+            (_, Chunking::Fixed) => cfg.chunk_max,
+            _ => cfg.chunk_min,
+        }
+        .max(1) as i32;
         let scores = &self.scores[row..row + n_chunks];
         let starts = &self.starts;
         // candidates: chunks that start at or before the horizon, with keys outside sink/window
@@ -236,7 +242,15 @@ impl Selector {
         };
         self.order.clear();
         self.order.extend((0..n_chunks as u32).filter(|&c| starts[c as usize] <= hi));
-        self.order.sort_unstable_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+        // only the best few can fit: partition them to the front and sort just those; the rest is
+        // sorted only if the budget is still not full after them
+        let by_score = |a: &u32, b: &u32| scores[*b as usize].total_cmp(&scores[*a as usize]);
+        let head = (budget / min_len + 1).max(0) as usize;
+        let head = head.min(self.order.len());
+        if head < self.order.len() {
+            self.order.select_nth_unstable_by(head, by_score);
+        }
+        self.order[..head].sort_unstable_by(by_score);
 
         // adaptive budget: estimated mass of a chunk = len * exp(scale * mean dot)
         let tau = cfg.tau as f64;
@@ -259,11 +273,14 @@ impl Selector {
                 have += m * (1.0 - new_keys(c) as f64 / len as f64);
             }
         }
-        for &c in &self.order {
+        for i in 0..self.order.len() {
             if tau > 0.0 && have >= tau * total {
                 break;
             }
-            let c = c as usize;
+            if i == head {
+                self.order[head..].sort_unstable_by(by_score);
+            }
+            let c = self.order[i] as usize;
             let n = new_keys(c);
             if n <= 0 || used + n > budget {
                 continue;
@@ -274,7 +291,8 @@ impl Selector {
                 let len = (starts[c + 1].min(hi + 1) - starts[c]).max(1);
                 have += (est(c) - amax).exp() * n as f64 / len as f64;
             }
-            if used >= budget {
+            // no further chunk fits once less room is left than the shortest chunk
+            if budget - used < min_len {
                 break;
             }
         }
