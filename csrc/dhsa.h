@@ -150,9 +150,12 @@ int dhsa_cuda_device_name(int device, char *buf, size_t len);
 dhsa_cuda_ctx *dhsa_cuda_ctx_new(int device, char *err, size_t err_len);
 void dhsa_cuda_ctx_free(dhsa_cuda_ctx *ctx);
 /* Computes dst. sel == NULL or sel->mode == DHSA_CUDA_DENSE: exact attention over every key.
+ * The mask may live in host memory (llama.cpp's graph input): it is copied to the device first,
+ * unless the last call copied the same host mask with the same nonzero mask_epoch (the caller
+ * bumps the epoch whenever the host may have rewritten it; 0: always copy).
  * Returns 0, or -1 with a message in err. */
 int dhsa_cuda_attention(dhsa_cuda_ctx *ctx, const dhsa_op *op, const dhsa_cuda_select *sel, int flags,
-                        dhsa_cuda_result *res, char *err, size_t err_len);
+                        int64_t mask_epoch, dhsa_cuda_result *res, char *err, size_t err_len);
 /* The keys the last sparse call attended, for tests and the token-sparse baseline: counts[p] and
  * keys[p * cap ..] for every (sequence, block, group) p = (i3 * n_blocks + b) * n_groups + s, sorted.
  * Returns the number of problems (n_problems when the buffers are large enough), or -1. */

@@ -13,13 +13,18 @@ targets=("${@:-ggml-cuda}")
 [ ${#targets[@]} -gt 0 ] || targets=(ggml-cuda)
 cuda="${CUDA_PATH:-$(dirname "$(dirname "$(command -v nvcc)")")}"
 extra=()
-if ! ls "$cuda"/lib64/stubs/libcuda.so "$cuda"/lib/stubs/libcuda.so "$cuda"/lib64/libcuda.so "$cuda"/lib/libcuda.so \
-    /usr/lib/x86_64-linux-gnu/libcuda.so >/dev/null 2>&1; then
+have_driver=0
+for f in "$cuda"/lib64/stubs/libcuda.so "$cuda"/lib/stubs/libcuda.so "$cuda"/lib64/libcuda.so "$cuda"/lib/libcuda.so \
+    /usr/lib/x86_64-linux-gnu/libcuda.so; do
+  [ -e "$f" ] && have_driver=1
+done
+if [ "$have_driver" = 0 ]; then
   stub="$build/cuda-stub"
   mkdir -p "$stub"
   echo 'void dhsa_cuda_driver_stub(void) {}' >"$stub/stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/stub.c"
-  extra+=("-DCUDA_cuda_driver_LIBRARY=$stub/libcuda.so")
+  # the stub defines none of the driver's symbols: keep it NEEDED so the real driver resolves them
+  extra+=("-DCUDA_cuda_driver_LIBRARY=$stub/libcuda.so" "-DCMAKE_SHARED_LINKER_FLAGS=-Wl,--no-as-needed")
 fi
 flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
 has() { [[ " $flags " == *" $1 "* ]] && echo ON || echo OFF; }

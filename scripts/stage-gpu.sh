@@ -3,7 +3,8 @@
 # machine into one folder (see gpu-run.sh for the layout). Stripped binaries; the pinned llama.cpp's
 # shared libraries and stock tools come from the upstream build (DHSA_BUILD_CACHE).
 #   scripts/stage-gpu.sh STAGE
-# GGML_CUDA_LIB=path/libggml-cuda.so stages a CUDA backend built ahead (scripts/build-ggml-cuda.sh);
+# GGML_CUDA_LIB=path/libggml-cuda.so[.xz] stages a CUDA backend built ahead (scripts/build-ggml-cuda.sh,
+# or a previous gpu-run's build phase);
 # without it the sources the CUDA build needs go along as llama-src.tar.xz.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,12 +28,17 @@ cp "$test_bin" "$stage/test-cuda"
 strip --strip-debug "$stage/dhsa" "$stage/libggml_dhsa.so" "$stage/test-cuda" "$stage"/bin/*
 cp scripts/gpu-run.sh scripts/build-ggml-cuda.sh scripts/synth_model.py "$stage/scripts/"
 cp -a "$src/gguf-py" "$stage/gguf-py"
+for f in /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf /usr/share/fonts/TTF/DejaVuSans.ttf; do
+  [ -e "$f" ] && cp "$f" "$stage/" && break
+done
 if [ -n "${GGML_CUDA_LIB:-}" ]; then
-  cp "$GGML_CUDA_LIB" "$stage/bin/"
-  strip --strip-debug "$stage/bin/libggml-cuda.so"
+  case "$GGML_CUDA_LIB" in
+    *.xz) cp "$GGML_CUDA_LIB" "$stage/libggml-cuda.so.xz" ;;
+    *) cp "$GGML_CUDA_LIB" "$stage/bin/" ;;
+  esac
 else
   tar -C "$src" -cJf "$stage/llama-src.tar.xz" --exclude='*.md' --exclude='docs' \
-    CMakeLists.txt cmake ggml include src common vendor tools tests licenses
+    CMakeLists.txt LICENSE cmake ggml include src common vendor tools tests licenses
 fi
 { echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)')"; date -u +%FT%TZ; } >"$stage/COMMIT"
 du -sh "$stage"

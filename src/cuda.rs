@@ -93,6 +93,9 @@ pub struct Flags {
     pub sync_device: bool,
     /// count the visible keys (reads the whole mask)
     pub count_visible: bool,
+    /// a mask in host memory is copied to the device unless the last call copied the same host
+    /// mask under the same nonzero epoch (bump it whenever the host may have rewritten the mask)
+    pub mask_epoch: i64,
 }
 
 impl CudaEngine {
@@ -123,8 +126,18 @@ impl CudaEngine {
             | (if flags.count_visible { ffi::DHSA_CUDA_COUNT_VISIBLE } else { 0 });
         // SAFETY: op's pointers are valid device memory per the contract; sel, res and err are
         // live locals; the call waits for its work before returning.
-        let rc =
-            unsafe { ffi::dhsa_cuda_attention(self.ctx, op, &sel, f as i32, &mut res, err.as_mut_ptr(), err.len()) };
+        let rc = unsafe {
+            ffi::dhsa_cuda_attention(
+                self.ctx,
+                op,
+                &sel,
+                f as i32,
+                flags.mask_epoch,
+                &mut res,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
         if rc != 0 {
             bail!("CUDA attention on device {}: {}", self.device, err_string(&err));
         }

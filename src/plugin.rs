@@ -316,7 +316,12 @@ unsafe extern "C" fn dev_supports_buft(dev: sys::ggml_backend_dev_t, buft: sys::
         match d.target {
             Target::Cpu => sys::ggml_backend_buft_is_host(buft),
             #[cfg(feature = "cuda")]
-            Target::Cuda(_) => buft == sys::ggml_backend_dev_buffer_type(d.base()),
+            // the mask is a graph input kept in host memory: accepted here (else the scheduler's
+            // pass 3 never moves FA from CUDA<i> to the sidecar) and copied to the device once per
+            // graph by the kernels' context
+            Target::Cuda(_) => {
+                buft == sys::ggml_backend_dev_buffer_type(d.base()) || sys::ggml_backend_buft_is_host(buft)
+            }
         }
     }
 }
@@ -338,14 +343,20 @@ unsafe extern "C" fn dev_supports_op(dev: sys::ggml_backend_dev_t, node: *const 
                     return false;
                 };
                 // SAFETY: as above.
-                let claimed = match unsafe { op::read(node) } {
-                    Ok(o) => op::engages(&o, &cfg) && computes(target, &o, &cfg),
-                    Err(_) => false,
+                let why = match unsafe { op::read(node) } {
+                    Ok(o) if !op::engages(&o, &cfg) => Some("fewer queries or keys than DHSA_MIN_QUERIES/KEYS"),
+                    Ok(o) => computes(target, &o, &cfg).err(),
+                    Err(e) => Some(e),
                 };
-                if !claimed {
-                    stats::note_declined(decline_key(node));
+                if let Some(why) = why {
+                    let key = decline_key(node);
+                    if stats::note_declined(key.clone()) && cfg.stats {
+                        // SAFETY: ggml calls device functions with our device.
+                        let name = unsafe { device(dev) }.name.to_string_lossy();
+                        eprintln!("dhsa: {name} declines {key}: {why}");
+                    }
                 }
-                claimed
+                why.is_none()
             }
             _ => false,
         }
@@ -354,11 +365,11 @@ unsafe extern "C" fn dev_supports_op(dev: sys::ggml_backend_dev_t, node: *const 
 
 /// Whether the device's kernels compute `o` exactly under `cfg` (op::read checked the CPU kernels).
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-fn computes(target: Target, o: &crate::kernels::Op, cfg: &Config) -> bool {
+fn computes(target: Target, o: &crate::kernels::Op, cfg: &Config) -> Result<(), &'static str> {
     match target {
-        Target::Cpu => true,
+        Target::Cpu => Ok(()),
         #[cfg(feature = "cuda")]
-        Target::Cuda(_) => crate::cuda::unsupported(o, cfg).is_none(),
+        Target::Cuda(_) => crate::cuda::unsupported(o, cfg).map_or(Ok(()), Err),
     }
 }
 
@@ -403,6 +414,8 @@ unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *co
                 n_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
                 engine,
                 stats: Stats::default(),
+                mask_epoch: 0,
+                last_layer: None,
             }),
         });
         let raw = Box::into_raw(b);
@@ -447,6 +460,9 @@ struct State {
     n_threads: usize,
     engine: Engine,
     stats: Stats,
+    /// the sidecar's host-mask generation (see cuda::Flags::mask_epoch) and the last layer it ran
+    mask_epoch: i64,
+    last_layer: Option<u32>,
 }
 
 enum Engine {
@@ -538,16 +554,24 @@ fn compute_fa(st: &mut State, node: &sys::ggml_tensor) -> anyhow::Result<()> {
     if o.q.is_null() || o.k.is_null() || o.v.is_null() || o.dst.is_null() {
         anyhow::bail!("FA op with unallocated tensors");
     }
-    let State { cfg, n_threads, engine, stats: s } = st;
+    let State { cfg, n_threads, engine, stats: s, mask_epoch, last_layer: st_layer } = st;
     // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies; a
-    // sidecar's tensors live in its CUDA device's buffers (supports_buft admits no other).
+    // sidecar's tensors live in its CUDA device's buffers, except a host-side mask, which its
+    // context copies to the device (and the context checks the others are device memory).
     let done = unsafe {
         match engine {
             Engine::Cpu(e) => e.compute(&o, cfg, *n_threads)?,
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => {
+                // a new graph starts at its first layer again: llama.cpp may have rewritten the
+                // host-side mask, which one graph's layers otherwise share
+                let layer = op::layer_of(node);
+                if layer.is_none() || st_layer.is_none() || layer <= *st_layer {
+                    *mask_epoch += 1;
+                }
+                *st_layer = layer;
                 // llama.cpp's CUDA backend queued this op's inputs on its own stream
-                let flags = crate::cuda::Flags { sync_device: true, count_visible: cfg.stats };
+                let flags = crate::cuda::Flags { sync_device: true, count_visible: cfg.stats, mask_epoch: *mask_epoch };
                 e.compute(&o, cfg, flags)?
             }
         }

@@ -74,7 +74,8 @@ fn run_cuda(engine: &mut CudaEngine, op: &OwnedOp, cfg: &Config) -> (Vec<f32>, g
         panic!("CUDA declines {:?}: {why}", op.shape);
     }
     // SAFETY: o points into fa's CUDA buffers, alive for the call.
-    let st = unsafe { engine.compute(&o, cfg, Flags { sync_device: true, count_visible: true }) }.expect("compute");
+    let st = unsafe { engine.compute(&o, cfg, Flags { sync_device: true, count_visible: true, ..Default::default() }) }
+        .expect("compute");
     (fa.dst(), st)
 }
 

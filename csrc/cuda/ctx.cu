@@ -16,6 +16,12 @@ struct dhsa_cuda_ctx {
     void *ws;
     size_t ws_bytes;
     unsigned long long *host_counters; /* pinned */
+    /* the device copy of a host-resident mask, and which host mask it holds */
+    void *mask_dev;
+    size_t mask_cap;
+    const void *mask_src;
+    size_t mask_src_bytes;
+    int64_t mask_epoch;
     /* where the last sparse call left its selection */
     int32_t *keys, *counts, *starts, *n_chunks;
     int64_t n_problems, key_stride, max_chunks;
@@ -78,6 +84,7 @@ extern "C" void dhsa_cuda_ctx_free(dhsa_cuda_ctx *c) {
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->ws) cudaFree(c->ws);
+    if (c->mask_dev) cudaFree(c->mask_dev);
     if (c->host_counters) cudaFreeHost(c->host_counters);
     for (int i = 0; i < 3; i++)
         if (c->ev[i]) cudaEventDestroy(c->ev[i]);
@@ -193,9 +200,43 @@ static int grow(dhsa_cuda_ctx *c, size_t bytes, char *err, size_t err_len) {
     return 0;
 }
 
-extern "C" int dhsa_cuda_attention(dhsa_cuda_ctx *c, const dhsa_op *op, const dhsa_cuda_select *sel, int flags,
-                                   dhsa_cuda_result *res, char *err, size_t err_len) {
-    if (!c || !op || !res) {
+/* Points op->mask at device memory: a mask in host memory (pinned or not) is copied into the
+ * context's mask buffer, once per (host pointer, size, epoch). */
+static int mask_on_device(dhsa_cuda_ctx *c, dhsa_op *op, int64_t epoch, char *err, size_t err_len) {
+    if (!op->mask) return 0;
+    cudaPointerAttributes at;
+    cudaError_t e = cudaPointerGetAttributes(&at, op->mask);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* an unknown pointer: plain host memory */
+        at.type = cudaMemoryTypeUnregistered;
+    }
+    if (at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged) return 0;
+    const size_t bytes = (size_t)(op->mask_ne3 - 1) * op->mask_nb3 + (size_t)(op->mask_ne2 - 1) * op->mask_nb2 +
+                         (size_t)(op->n_q - 1) * op->mask_nb1 + (size_t)op->n_kv * sizeof(uint16_t);
+    const bool fresh = epoch != 0 && c->mask_epoch == epoch && c->mask_src == op->mask && c->mask_src_bytes == bytes;
+    if (!fresh) {
+        if (bytes > c->mask_cap) {
+            CK(cudaStreamSynchronize(c->stream));
+            if (c->mask_dev) CK(cudaFree(c->mask_dev));
+            c->mask_dev = nullptr;
+            c->mask_cap = 0;
+            CK(cudaMalloc(&c->mask_dev, bytes + bytes / 4));
+            c->mask_cap = bytes + bytes / 4;
+        }
+        CK(cudaMemcpyAsync(c->mask_dev, op->mask, bytes, cudaMemcpyHostToDevice, c->stream));
+        c->mask_src = op->mask;
+        c->mask_src_bytes = bytes;
+        c->mask_epoch = epoch;
+    }
+    op->mask = (const uint16_t *)c->mask_dev;
+    return 0;
+}
+
+extern "C" int dhsa_cuda_attention(dhsa_cuda_ctx *c, const dhsa_op *op_in, const dhsa_cuda_select *sel, int flags,
+                                   int64_t mask_epoch, dhsa_cuda_result *res, char *err, size_t err_len) {
+    dhsa_op op_dev = op_in ? *op_in : dhsa_op{};
+    const dhsa_op *op = &op_dev;
+    if (!c || !op_in || !res) {
         set_err(err, err_len, "null argument");
         return -1;
     }
@@ -214,6 +255,17 @@ extern "C" int dhsa_cuda_attention(dhsa_cuda_ctx *c, const dhsa_op *op, const dh
     CK(cudaSetDevice(c->device));
     if (flags & DHSA_CUDA_SYNC_DEVICE) CK(cudaDeviceSynchronize());
     memset(res, 0, sizeof(*res));
+    /* only the mask may come from host memory (llama.cpp's graph input); the rest must be on the device */
+    const void *need_device[] = {op->q, op->k, op->v, op->dst};
+    for (const void *p : need_device) {
+        cudaPointerAttributes at;
+        if (cudaPointerGetAttributes(&at, p) != cudaSuccess || at.type != cudaMemoryTypeDevice) {
+            cudaGetLastError();
+            set_err(err, err_len, "Q, K, V and dst must be in device memory of CUDA device %d", c->device);
+            return -1;
+        }
+    }
+    if (mask_on_device(c, &op_dev, mask_epoch, err, err_len)) return -1;
 
     bool dense = is_dense(op, sel);
     for (int attempt = 0; attempt < 2; attempt++) {

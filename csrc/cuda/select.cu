@@ -220,9 +220,12 @@ __global__ void k_qmeans(const dhsa_op op, int64_t i3, int64_t q_block, const in
     const float f = 1.0f / (float)((q1 - q0) * g);
     for (int64_t d = threadIdx.x; d < op.dk; d += blockDim.x) {
         float acc = 0.0f;
-        for (int64_t h = hk * g; h < (hk + 1) * g; h++)
-            for (int64_t q = q0; q < q1; q++)
-                acc += *(const float *)(op.q + q * op.q_nb1 + h * op.q_nb2 + i3 * op.q_nb3 + d * 4);
+        for (int64_t h = hk * g; h < (hk + 1) * g; h++) {
+            const char *base = op.q + h * op.q_nb2 + i3 * op.q_nb3 + d * 4;
+            /* loads run ahead, the sums stay in the CPU's order */
+#pragma unroll 16
+            for (int64_t q = q0; q < q1; q++) acc += __ldg((const float *)(base + q * op.q_nb1));
+        }
         out[(b * nh + hk) * op.dk + d] = acc * f;
     }
 }
@@ -255,7 +258,9 @@ __global__ void k_chunk_scores(const dhsa_op op, int64_t i3, const int32_t *star
     for (int64_t hk = 0; hk < nh; hk++) {
         for (int d = lane; d < dk; d += 32) {
             float acc = 0.0f;
-            for (int64_t j = s0; j < s1; j++) acc += to_f32(reinterpret_cast<const T *>(kb + j * op.k_nb1 + hk * op.k_nb2)[d]);
+            const T *col = reinterpret_cast<const T *>(kb + hk * op.k_nb2) + d;
+#pragma unroll 8
+            for (int64_t j = s0; j < s1; j++) acc += to_f32(col[j * (op.k_nb1 / sizeof(T))]);
             ck[d] = acc * f;
         }
         __syncwarp();

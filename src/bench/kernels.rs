@@ -160,9 +160,8 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
             }
         }
     }
-    if let Some(p) = &a.plot {
-        plot(p, &rows, &a)?;
-    }
+    // the numbers first: a plot that cannot be drawn must not lose them
+    let plotted = a.plot.as_ref().map(|p| plot(p, &rows, &a));
     if a.json {
         let out = serde_json::json!({
             "bench": "kernels",
@@ -177,6 +176,7 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
     } else {
         print_table(&rows);
     }
+    plotted.transpose()?;
     Ok(())
 }
 
@@ -290,11 +290,15 @@ fn bench_cuda(a: &Args, op: &OwnedOp, modes: &[Config], cfg: &Config, rows: &mut
         }
         // one counted run for the visible keys, then timed runs
         // SAFETY: o points into fa's CUDA buffers, alive for these calls.
-        let counted = unsafe { engine.compute(&o, mcfg, Flags { sync_device: true, count_visible: true })? };
+        let counted = unsafe {
+            engine.compute(&o, mcfg, Flags { sync_device: true, count_visible: true, ..Default::default() })?
+        };
         let (mut sel, mut attn) = (vec![], vec![]);
         let ms = time(a.reps, || {
             // SAFETY: as above.
-            let st = unsafe { engine.compute(&o, mcfg, Flags { sync_device: true, count_visible: false })? };
+            let st = unsafe {
+                engine.compute(&o, mcfg, Flags { sync_device: true, count_visible: false, ..Default::default() })?
+            };
             sel.push(st.select_ms);
             attn.push(st.attn_ms);
             Ok(())
@@ -311,7 +315,9 @@ fn bench_cuda(a: &Args, op: &OwnedOp, modes: &[Config], cfg: &Config, rows: &mut
     let shared = Config { mode: Mode::Dhsa, shared_heads: true, ..cfg.clone() };
     if op.shape.n_kv > shared.budget && crate::cuda::unsupported(&o, &shared).is_none() {
         // SAFETY: as above.
-        unsafe { engine.compute(&o, &shared, Flags { sync_device: true, count_visible: false })? };
+        unsafe {
+            engine.compute(&o, &shared, Flags { sync_device: true, count_visible: false, ..Default::default() })?
+        };
         let n_blocks = op.shape.n_q.div_ceil(shared.q_block.min(op.shape.n_q));
         let keys = engine
             .last_selection(n_blocks * op.shape.ne3, shared.budget)?
