@@ -415,7 +415,7 @@ unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *co
                 engine,
                 stats: Stats::default(),
                 mask_epoch: 0,
-                last_layer: None,
+                last_slot: 0,
             }),
         });
         let raw = Box::into_raw(b);
@@ -460,9 +460,10 @@ struct State {
     n_threads: usize,
     engine: Engine,
     stats: Stats,
-    /// the sidecar's host-mask generation (see cuda::Flags::mask_epoch) and the last layer it ran
+    /// the sidecar's host-mask generation (see cuda::Flags::mask_epoch) and the address of the
+    /// graph slot of the last FA node it ran
     mask_epoch: i64,
-    last_layer: Option<u32>,
+    last_slot: usize,
 }
 
 enum Engine {
@@ -533,7 +534,9 @@ unsafe extern "C" fn backend_graph_compute(b: sys::ggml_backend_t, graph: *mut s
                 | sys::GGML_OP_PERMUTE
                 | sys::GGML_OP_TRANSPOSE => {}
                 sys::GGML_OP_FLASH_ATTN_EXT => {
-                    if let Err(e) = compute_fa(&mut st, node) {
+                    // SAFETY: i < n_nodes indexes the graph's node array.
+                    let slot = unsafe { sys::ggml_graph_nodes(graph).add(i as usize) } as usize;
+                    if let Err(e) = compute_fa(&mut st, node, slot) {
                         eprintln!("dhsa: {e}");
                         return sys::GGML_STATUS_FAILED;
                     }
@@ -548,13 +551,15 @@ unsafe extern "C" fn backend_graph_compute(b: sys::ggml_backend_t, graph: *mut s
     })
 }
 
-fn compute_fa(st: &mut State, node: &sys::ggml_tensor) -> anyhow::Result<()> {
+/// `slot`: the address of the node's entry in the graph's node array (orders the FA nodes of a graph).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn compute_fa(st: &mut State, node: &sys::ggml_tensor, slot: usize) -> anyhow::Result<()> {
     // SAFETY: the scheduler hands us a valid FA node with allocated sources.
     let o = unsafe { op::read(node) }.map_err(|e| anyhow::anyhow!("FA op declined at compute time: {e}"))?;
     if o.q.is_null() || o.k.is_null() || o.v.is_null() || o.dst.is_null() {
         anyhow::bail!("FA op with unallocated tensors");
     }
-    let State { cfg, n_threads, engine, stats: s, mask_epoch, last_layer: st_layer } = st;
+    let State { cfg, n_threads, engine, stats: s, mask_epoch, last_slot } = st;
     // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies; a
     // sidecar's tensors live in its CUDA device's buffers, except a host-side mask, which its
     // context copies to the device (and the context checks the others are device memory).
@@ -563,13 +568,14 @@ fn compute_fa(st: &mut State, node: &sys::ggml_tensor) -> anyhow::Result<()> {
             Engine::Cpu(e) => e.compute(&o, cfg, *n_threads)?,
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => {
-                // a new graph starts at its first layer again: llama.cpp may have rewritten the
-                // host-side mask, which one graph's layers otherwise share
-                let layer = op::layer_of(node);
-                if layer.is_none() || st_layer.is_none() || layer <= *st_layer {
+                // The host-side mask is a graph input: llama.cpp rewrites it before each graph, and
+                // every FA op of one graph reads the same one. The scheduler runs a graph's splits in
+                // order over one node array, so the FA node's slot address grows within a graph and
+                // falls back (or repeats) when the next graph starts: then the mask may be new.
+                if *last_slot == 0 || slot <= *last_slot {
                     *mask_epoch += 1;
                 }
-                *st_layer = layer;
+                *last_slot = slot;
                 // llama.cpp's CUDA backend queued this op's inputs on its own stream
                 let flags = crate::cuda::Flags { sync_device: true, count_visible: cfg.stats, mask_epoch: *mask_epoch };
                 e.compute(&o, cfg, flags)?

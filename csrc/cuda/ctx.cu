@@ -107,6 +107,11 @@ extern "C" const char *dhsa_cuda_op_unsupported(const dhsa_op *op, const dhsa_cu
         return "CUDA: unknown selection mode";
     if (sel->budget < 1 || sel->budget > (1 << 20)) return "CUDA: budget outside 1..2^20";
     if (sel->q_block < 1 || sel->q_block > 4096) return "CUDA: q_block outside 1..4096";
+    {
+        const int64_t qb = sel->q_block < op->n_q ? sel->q_block : op->n_q;
+        const int64_t n_blocks = (op->n_q + qb - 1) / qb;
+        if (n_blocks * (op->dk + 1) * 4 + 8 * op->dk * 4 > 200 * 1024) return "CUDA: more than ~390 query blocks";
+    }
     if (sel->mode == DHSA_CUDA_DHSA && sel->dynamic_chunks) {
         if (sel->chunk_min < 1 || sel->chunk_max < sel->chunk_min || sel->chunk_max > 64)
             return "CUDA: dynamic chunks longer than 64 keys";

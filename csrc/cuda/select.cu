@@ -63,12 +63,20 @@ __global__ void k_boundary(const dhsa_op op, int64_t i3, const int32_t *horizon_
     const int dk = (int)op.dk;
     const int r0 = max(0, j0 - w), r1 = min(n, j0 + BT + w);
     const char *kb = op.k + i3 * op.k_nb3;
-    for (int e = threadIdx.x; e < (r1 - r0) * dk; e += blockDim.x) {
-        const int j = r0 + e / dk, d = e % dk;
-        float acc = 0.0f;
-        for (int64_t hk = 0; hk < op.n_head_kv; hk++)
-            acc += to_f32(reinterpret_cast<const T *>(kb + j * op.k_nb1 + hk * op.k_nb2)[d]);
-        hs[(j - r0) * dk + d] = acc;
+    /* 8 dimensions per thread with 16-byte loads (rows and strides are 16-byte aligned); the heads
+     * are summed in order, as the CPU does */
+    const int d8 = dk / 8;
+    for (int e = threadIdx.x; e < (r1 - r0) * d8; e += blockDim.x) {
+        const int j = r0 + e / d8, d = (e % d8) * 8;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t hk = 0; hk < op.n_head_kv; hk++) {
+            const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(kb + j * op.k_nb1 + hk * op.k_nb2 + d * sizeof(T)));
+            const T *x = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+            for (int l = 0; l < 8; l++) acc[l] += to_f32(x[l]);
+        }
+#pragma unroll
+        for (int l = 0; l < 8; l++) hs[(j - r0) * dk + d + l] = acc[l];
     }
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -241,31 +249,43 @@ __device__ __forceinline__ float dot_avx2_order(const float *a, const float *b, 
     return (s0 + s2) + (s1 + s3);
 }
 
+/* 8 warps, one chunk each. Per kv head the CTA stages that head's query means in shared memory
+ * (rows padded by one float: lane b reads row b without bank conflicts); each warp sums its chunk's
+ * keys (ascending, as the CPU) and lane b takes the dot product with block b's mean. */
 template <typename T>
 __global__ void k_chunk_scores(const dhsa_op op, int64_t i3, const int32_t *starts, const int32_t *n_chunks_p,
                                int normalised, const float *qmeans, int64_t n_blocks, int64_t n_sel,
                                int64_t stride, float *scores) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    const int64_t nc = *n_chunks_p;
+    if ((int64_t)blockIdx.x * nw >= nc) return; /* the whole CTA: no barrier is skipped */
     const int64_t c = (int64_t)blockIdx.x * nw + warp;
-    if (c >= *n_chunks_p) return;
-    extern __shared__ float ck_all[];
-    const int dk = (int)op.dk;
-    float *ck = ck_all + warp * dk;
-    const int64_t s0 = starts[c], s1 = starts[c + 1], len = s1 - s0;
+    const bool active = c < nc;
+    extern __shared__ float sm[];
+    const int dk = (int)op.dk, ld = dk + 1;
+    float *qm = sm;                                /* [n_blocks][dk + 1] */
+    float *ck = sm + n_blocks * ld + warp * dk;    /* [nw][dk] */
+    const int64_t s0 = active ? starts[c] : 0, s1 = active ? starts[c + 1] : 0, len = s1 - s0;
     const float f = len <= 0 ? 0.0f : normalised ? 1.0f / sqrtf((float)len) : 1.0f / (float)len;
     const int64_t nh = op.n_head_kv;
     const char *kb = op.k + i3 * op.k_nb3;
     for (int64_t hk = 0; hk < nh; hk++) {
-        for (int d = lane; d < dk; d += 32) {
-            float acc = 0.0f;
-            const T *col = reinterpret_cast<const T *>(kb + hk * op.k_nb2) + d;
+        __syncthreads(); /* the previous head's means are no longer read */
+        for (int64_t i = threadIdx.x; i < n_blocks * dk; i += blockDim.x)
+            qm[(i / dk) * ld + i % dk] = qmeans[((i / dk) * nh + hk) * dk + i % dk];
+        if (active) {
+            const T *col = reinterpret_cast<const T *>(kb + hk * op.k_nb2);
+            for (int d = lane; d < dk; d += 32) {
+                float acc = 0.0f;
 #pragma unroll 8
-            for (int64_t j = s0; j < s1; j++) acc += to_f32(col[j * (op.k_nb1 / sizeof(T))]);
-            ck[d] = acc * f;
+                for (int64_t j = s0; j < s1; j++) acc += to_f32(col[j * (op.k_nb1 / sizeof(T)) + d]);
+                ck[d] = acc * f;
+            }
         }
-        __syncwarp();
+        __syncthreads();
+        if (!active) continue;
         for (int64_t b = lane; b < n_blocks; b += 32) {
-            const float v = dot_avx2_order(qmeans + (b * nh + hk) * dk, ck, dk);
+            const float v = dot_avx2_order(qm + b * ld, ck, dk);
             if (n_sel == 1) {
                 float *o = scores + b * stride + c;
                 *o = hk == 0 ? v : *o + v;
@@ -273,7 +293,6 @@ __global__ void k_chunk_scores(const dhsa_op op, int64_t i3, const int32_t *star
                 scores[(b * nh + hk) * stride + c] = v;
             }
         }
-        __syncwarp();
     }
 }
 
@@ -514,7 +533,13 @@ cudaError_t launch_selection(const SelArgs &a, cudaStream_t s) {
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         const int normalised = sel.mode == DHSA_CUDA_DHSA;
         const unsigned nb = (unsigned)((a.max_chunks + 7) / 8);
-        const size_t csmem = sizeof(float) * 8 * (size_t)op.dk;
+        const size_t csmem = sizeof(float) * ((size_t)a.n_blocks * (op.dk + 1) + 8 * (size_t)op.dk);
+        if (csmem > 48 * 1024) {
+            e = bf ? cudaFuncSetAttribute(k_chunk_scores<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)csmem)
+                   : cudaFuncSetAttribute(k_chunk_scores<half>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)csmem);
+            if (e != cudaSuccess) return e;
+        }
         if (bf)
             k_chunk_scores<__nv_bfloat16><<<nb, 256, csmem, s>>>(op, a.i3, a.starts, a.n_chunks, normalised, a.qmeans,
                                                                  a.n_blocks, a.n_sel, a.max_chunks, a.scores);
