@@ -110,7 +110,8 @@ extern "C" const char *dhsa_cuda_op_unsupported(const dhsa_op *op, const dhsa_cu
     {
         const int64_t qb = sel->q_block < op->n_q ? sel->q_block : op->n_q;
         const int64_t n_blocks = (op->n_q + qb - 1) / qb;
-        if (n_blocks * (op->dk + 1) * 4 + 8 * op->dk * 4 > 200 * 1024) return "CUDA: more than ~390 query blocks";
+        const int64_t hpi = 32 / (op->dk / 8);
+        if (hpi * (n_blocks * (op->dk + 1) + 8 * op->dk) * 4 > 200 * 1024) return "CUDA: more than ~190 query blocks";
     }
     if (sel->mode == DHSA_CUDA_DHSA && sel->dynamic_chunks) {
         if (sel->chunk_min < 1 || sel->chunk_max < sel->chunk_min || sel->chunk_max > 64)

@@ -162,8 +162,12 @@ __global__ void k_seg_stitch(const int32_t *horizon_p, int64_t budget, int mx, i
         return;
     }
     const int n_seg = (n + L - 1) / L;
-    extern __shared__ int ex[]; /* [n_seg][mx] */
-    for (int i = threadIdx.x; i < n_seg * mx; i += blockDim.x) ex[i] = exits[i];
+    extern __shared__ int ex[]; /* [n_seg][mx] exits, then [n_seg][mx] counts */
+    int *cn = ex + n_seg * mx;
+    for (int i = threadIdx.x; i < n_seg * mx; i += blockDim.x) {
+        ex[i] = exits[i];
+        cn[i] = cnts[i];
+    }
     __syncthreads();
     if (threadIdx.x == 0) {
         int p = 0, off = 0;
@@ -174,7 +178,7 @@ __global__ void k_seg_stitch(const int32_t *horizon_p, int64_t budget, int mx, i
                 continue;
             }
             seg_entry[k] = p;
-            off += cnts[k * mx + (p - k * L)];
+            off += cn[k * mx + (p - k * L)];
             p = ex[k * mx + (p - k * L)];
         }
         seg_off[n_seg] = off;
@@ -226,16 +230,28 @@ __global__ void k_qmeans(const dhsa_op op, int64_t i3, int64_t q_block, const in
     const int64_t b = blockIdx.x / nh, hk = blockIdx.x % nh;
     const int64_t q0 = b * q_block, q1 = min(op.n_q, q0 + q_block);
     const float f = 1.0f / (float)((q1 - q0) * g);
-    for (int64_t d = threadIdx.x; d < op.dk; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int64_t h = hk * g; h < (hk + 1) * g; h++) {
-            const char *base = op.q + h * op.q_nb2 + i3 * op.q_nb3 + d * 4;
-            /* loads run ahead, the sums stay in the CPU's order */
-#pragma unroll 16
-            for (int64_t q = q0; q < q1; q++) acc += __ldg((const float *)(base + q * op.q_nb1));
+    /* rows (head h, query q) in the CPU's order, 16 at a time through shared memory: the CTA loads
+     * them coalesced, then each thread adds its dimensions in order */
+    constexpr int R = 16;
+    extern __shared__ float tile[]; /* [R][dk] */
+    const int64_t rows = g * (q1 - q0), dk = op.dk;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* dims threadIdx.x + 128 * i, dk <= 1024 */
+    for (int64_t r0 = 0; r0 < rows; r0 += R) {
+        const int64_t nr = min((int64_t)R, rows - r0);
+        __syncthreads();
+        for (int64_t i = threadIdx.x; i < nr * dk; i += blockDim.x) {
+            const int64_t r = r0 + i / dk, h = hk * g + r / (q1 - q0), q = q0 + r % (q1 - q0);
+            tile[i] = *(const float *)(op.q + q * op.q_nb1 + h * op.q_nb2 + i3 * op.q_nb3 + (i % dk) * 4);
         }
-        out[(b * nh + hk) * op.dk + d] = acc * f;
+        __syncthreads();
+        for (int64_t r = 0; r < nr; r++)
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (threadIdx.x + 128 * k < dk) acc[k] += tile[r * dk + threadIdx.x + 128 * k];
     }
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (threadIdx.x + 128 * k < dk) out[(b * nh + hk) * dk + threadIdx.x + 128 * k] = acc[k] * f;
 }
 
 /* a . b in the order of the CPU kernels' AVX2 dot: 8 lanes of fused multiply-adds, then halves. */
@@ -249,9 +265,10 @@ __device__ __forceinline__ float dot_avx2_order(const float *a, const float *b, 
     return (s0 + s2) + (s1 + s3);
 }
 
-/* 8 warps, one chunk each. Per kv head the CTA stages that head's query means in shared memory
- * (rows padded by one float: lane b reads row b without bank conflicts); each warp sums its chunk's
- * keys (ascending, as the CPU) and lane b takes the dot product with block b's mean. */
+/* 8 warps, one chunk each. A key row of one kv head is read by dk / 8 lanes with 16-byte loads, so
+ * a warp sums 32 * 8 / dk heads at once (in the CPU's ascending order per dimension); the CTA stages
+ * those heads' query means in shared memory (rows padded by one float: lane b reads row b without
+ * bank conflicts), and lane b takes the dot product with block b's mean. */
 template <typename T>
 __global__ void k_chunk_scores(const dhsa_op op, int64_t i3, const int32_t *starts, const int32_t *n_chunks_p,
                                int normalised, const float *qmeans, int64_t n_blocks, int64_t n_sel,
@@ -263,34 +280,45 @@ __global__ void k_chunk_scores(const dhsa_op op, int64_t i3, const int32_t *star
     const bool active = c < nc;
     extern __shared__ float sm[];
     const int dk = (int)op.dk, ld = dk + 1;
-    float *qm = sm;                                /* [n_blocks][dk + 1] */
-    float *ck = sm + n_blocks * ld + warp * dk;    /* [nw][dk] */
+    const int lph = dk / 8, hpi = 32 / lph; /* lanes per head, heads per iteration */
+    float *qm = sm;                                           /* [hpi][n_blocks][dk + 1] */
+    float *ck = sm + hpi * n_blocks * ld + warp * hpi * dk;   /* [nw][hpi][dk] */
     const int64_t s0 = active ? starts[c] : 0, s1 = active ? starts[c + 1] : 0, len = s1 - s0;
     const float f = len <= 0 ? 0.0f : normalised ? 1.0f / sqrtf((float)len) : 1.0f / (float)len;
     const int64_t nh = op.n_head_kv;
     const char *kb = op.k + i3 * op.k_nb3;
-    for (int64_t hk = 0; hk < nh; hk++) {
-        __syncthreads(); /* the previous head's means are no longer read */
-        for (int64_t i = threadIdx.x; i < n_blocks * dk; i += blockDim.x)
-            qm[(i / dk) * ld + i % dk] = qmeans[((i / dk) * nh + hk) * dk + i % dk];
-        if (active) {
-            const T *col = reinterpret_cast<const T *>(kb + hk * op.k_nb2);
-            for (int d = lane; d < dk; d += 32) {
-                float acc = 0.0f;
-#pragma unroll 8
-                for (int64_t j = s0; j < s1; j++) acc += to_f32(col[j * (op.k_nb1 / sizeof(T)) + d]);
-                ck[d] = acc * f;
+    for (int64_t h0 = 0; h0 < nh; h0 += hpi) {
+        __syncthreads(); /* the previous heads' means are no longer read */
+        for (int64_t i = threadIdx.x; i < hpi * n_blocks * dk; i += blockDim.x) {
+            const int64_t hh = i / (n_blocks * dk), b = (i / dk) % n_blocks, d = i % dk;
+            qm[(hh * n_blocks + b) * ld + d] = h0 + hh < nh ? qmeans[(b * nh + h0 + hh) * dk + d] : 0.0f;
+        }
+        const int hh = lane / lph, d0 = (lane % lph) * 8;
+        if (active && h0 + hh < nh) {
+            const char *col = kb + (h0 + hh) * op.k_nb2 + d0 * sizeof(T);
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll 4
+            for (int64_t j = s0; j < s1; j++) {
+                const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(col + j * op.k_nb1));
+                const T *x = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+                for (int l = 0; l < 8; l++) acc[l] += to_f32(x[l]);
             }
+#pragma unroll
+            for (int l = 0; l < 8; l++) ck[hh * dk + d0 + l] = acc[l] * f;
         }
         __syncthreads();
         if (!active) continue;
-        for (int64_t b = lane; b < n_blocks; b += 32) {
-            const float v = dot_avx2_order(qm + b * ld, ck, dk);
-            if (n_sel == 1) {
-                float *o = scores + b * stride + c;
-                *o = hk == 0 ? v : *o + v;
-            } else {
-                scores[(b * nh + hk) * stride + c] = v;
+        for (int k = 0; k < hpi && h0 + k < nh; k++) {
+            const int64_t hk = h0 + k;
+            for (int64_t b = lane; b < n_blocks; b += 32) {
+                const float v = dot_avx2_order(qm + (k * n_blocks + b) * ld, ck + k * dk, dk);
+                if (n_sel == 1) {
+                    float *o = scores + b * stride + c;
+                    *o = hk == 0 ? v : *o + v;
+                } else {
+                    scores[(b * nh + hk) * stride + c] = v;
+                }
             }
         }
     }
@@ -517,7 +545,7 @@ cudaError_t launch_selection(const SelArgs &a, cudaStream_t s) {
             k_seg_walk<<<(unsigned)a.n_seg, 256, wsmem, s>>>(a.bscore, a.horizon, sel.budget, mn, mx, L, a.exits,
                                                              a.cnts);
             if ((e = cudaGetLastError()) != cudaSuccess) return e;
-            k_seg_stitch<<<1, 256, sizeof(int) * (size_t)a.n_seg * mx, s>>>(
+            k_seg_stitch<<<1, 256, 2 * sizeof(int) * (size_t)a.n_seg * mx, s>>>(
                 a.horizon, sel.budget, mx, L, a.exits, a.cnts, a.seg_entry, a.seg_off, a.n_chunks, a.starts);
             if ((e = cudaGetLastError()) != cudaSuccess) return e;
             k_seg_emit<<<(unsigned)a.n_seg, 256, wsmem, s>>>(a.bscore, a.horizon, sel.budget, mn, mx, L, a.seg_entry,
@@ -528,12 +556,13 @@ cudaError_t launch_selection(const SelArgs &a, cudaStream_t s) {
                                                                                 a.n_chunks);
         }
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        k_qmeans<<<(unsigned)(a.n_blocks * op.n_head_kv), 128, 0, s>>>(op, a.i3, a.q_block, a.horizon, sel.budget,
-                                                                       a.qmeans);
+        k_qmeans<<<(unsigned)(a.n_blocks * op.n_head_kv), 128, sizeof(float) * 16 * op.dk, s>>>(
+            op, a.i3, a.q_block, a.horizon, sel.budget, a.qmeans);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         const int normalised = sel.mode == DHSA_CUDA_DHSA;
         const unsigned nb = (unsigned)((a.max_chunks + 7) / 8);
-        const size_t csmem = sizeof(float) * ((size_t)a.n_blocks * (op.dk + 1) + 8 * (size_t)op.dk);
+        const size_t hpi = 32 / (op.dk / 8);
+        const size_t csmem = sizeof(float) * hpi * ((size_t)a.n_blocks * (op.dk + 1) + 8 * (size_t)op.dk);
         if (csmem > 48 * 1024) {
             e = bf ? cudaFuncSetAttribute(k_chunk_scores<__nv_bfloat16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           (int)csmem)
