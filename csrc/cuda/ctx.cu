@@ -106,6 +106,7 @@ extern "C" const char *dhsa_cuda_op_unsupported(const dhsa_op *op, const dhsa_cu
     if (sel->mode != DHSA_CUDA_DHSA && sel->mode != DHSA_CUDA_BLOCK && sel->mode != DHSA_CUDA_STREAMING)
         return "CUDA: unknown selection mode";
     if (sel->budget < 1 || sel->budget > (1 << 20)) return "CUDA: budget outside 1..2^20";
+    if (op->q_nb1 % 16 || op->q_nb2 % 16 || op->q_nb3 % 16) return "CUDA: Q strides not multiples of 16 bytes";
     if (sel->q_block < 1 || sel->q_block > 4096) return "CUDA: q_block outside 1..4096";
     {
         const int64_t qb = sel->q_block < op->n_q ? sel->q_block : op->n_q;
@@ -254,8 +255,8 @@ extern "C" int dhsa_cuda_attention(dhsa_cuda_ctx *c, const dhsa_op *op_in, const
         set_err(err, err_len, "op with missing tensors");
         return -1;
     }
-    if (((uintptr_t)op->k | (uintptr_t)op->v) % 16 != 0) {
-        set_err(err, err_len, "K/V not 16-byte aligned");
+    if (((uintptr_t)op->k | (uintptr_t)op->v | (is_dense(op, sel) ? 0 : (uintptr_t)op->q)) % 16 != 0) {
+        set_err(err, err_len, "K/V (or Q of a sparse op) not 16-byte aligned");
         return -1;
     }
     CK(cudaSetDevice(c->device));

@@ -226,32 +226,34 @@ __global__ void k_fixed_chunks(const int32_t *horizon_p, int64_t budget, int64_t
 __global__ void k_qmeans(const dhsa_op op, int64_t i3, int64_t q_block, const int32_t *horizon_p, int64_t budget,
                          float *out) {
     if (*horizon_p <= budget) return;
-    const int64_t nh = op.n_head_kv, g = op.n_head / op.n_head_kv;
-    const int64_t b = blockIdx.x / nh, hk = blockIdx.x % nh;
-    const int64_t q0 = b * q_block, q1 = min(op.n_q, q0 + q_block);
-    const float f = 1.0f / (float)((q1 - q0) * g);
-    /* rows (head h, query q) in the CPU's order, 16 at a time through shared memory: the CTA loads
-     * them coalesced, then each thread adds its dimensions in order */
+    const int nh = (int)op.n_head_kv, g = (int)(op.n_head / op.n_head_kv);
+    const int b = blockIdx.x / nh, hk = blockIdx.x % nh;
+    const int q0 = b * (int)q_block, nq = (int)min((int64_t)q_block, op.n_q - q0);
+    const float f = 1.0f / (float)(nq * g);
+    /* rows (head h, query q) in the CPU's order, R at a time through shared memory: the CTA loads
+     * them as float4, then each thread adds its dimensions in order */
     constexpr int R = 16;
-    extern __shared__ float tile[]; /* [R][dk] */
-    const int64_t rows = g * (q1 - q0), dk = op.dk;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* dims threadIdx.x + 128 * i, dk <= 1024 */
-    for (int64_t r0 = 0; r0 < rows; r0 += R) {
-        const int64_t nr = min((int64_t)R, rows - r0);
+    extern __shared__ float4 tile4[]; /* [R][dk / 4] */
+    const float *tile = reinterpret_cast<const float *>(tile4);
+    const int dk = (int)op.dk, d4 = dk / 4, rows = g * nq;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}; /* dims threadIdx.x + 128 * k, dk <= 1024 */
+    for (int r0 = 0; r0 < rows; r0 += R) {
+        const int nr = min(R, rows - r0);
         __syncthreads();
-        for (int64_t i = threadIdx.x; i < nr * dk; i += blockDim.x) {
-            const int64_t r = r0 + i / dk, h = hk * g + r / (q1 - q0), q = q0 + r % (q1 - q0);
-            tile[i] = *(const float *)(op.q + q * op.q_nb1 + h * op.q_nb2 + i3 * op.q_nb3 + (i % dk) * 4);
+        for (int i = threadIdx.x; i < nr * d4; i += blockDim.x) {
+            const int r = r0 + i / d4, h = hk * g + r / nq, q = q0 + r % nq;
+            tile4[i] = __ldg(reinterpret_cast<const float4 *>(op.q + (int64_t)q * op.q_nb1 + (int64_t)h * op.q_nb2 +
+                                                              i3 * op.q_nb3) + i % d4);
         }
         __syncthreads();
-        for (int64_t r = 0; r < nr; r++)
+        for (int r = 0; r < nr; r++)
 #pragma unroll
             for (int k = 0; k < 8; k++)
                 if (threadIdx.x + 128 * k < dk) acc[k] += tile[r * dk + threadIdx.x + 128 * k];
     }
 #pragma unroll
     for (int k = 0; k < 8; k++)
-        if (threadIdx.x + 128 * k < dk) out[(b * nh + hk) * dk + threadIdx.x + 128 * k] = acc[k] * f;
+        if (threadIdx.x + 128 * k < dk) out[((int64_t)b * nh + hk) * dk + threadIdx.x + 128 * k] = acc[k] * f;
 }
 
 /* a . b in the order of the CPU kernels' AVX2 dot: 8 lanes of fused multiply-adds, then halves. */
@@ -265,61 +267,74 @@ __device__ __forceinline__ float dot_avx2_order(const float *a, const float *b, 
     return (s0 + s2) + (s1 + s3);
 }
 
-/* 8 warps, one chunk each. A key row of one kv head is read by dk / 8 lanes with 16-byte loads, so
+constexpr int CPW = 4; /* chunks per warp */
+
+/* 8 warps, CPW chunks each. A key row of one kv head is read by dk / 8 lanes with 16-byte loads, so
  * a warp sums 32 * 8 / dk heads at once (in the CPU's ascending order per dimension); the CTA stages
  * those heads' query means in shared memory (rows padded by one float: lane b reads row b without
  * bank conflicts), and lane b takes the dot product with block b's mean. */
 template <typename T>
 __global__ void k_chunk_scores(const dhsa_op op, int64_t i3, const int32_t *starts, const int32_t *n_chunks_p,
-                               int normalised, const float *qmeans, int64_t n_blocks, int64_t n_sel,
+                               int normalised, const float *qmeans, int64_t n_blocks_, int64_t n_sel,
                                int64_t stride, float *scores) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const int64_t nc = *n_chunks_p;
-    if ((int64_t)blockIdx.x * nw >= nc) return; /* the whole CTA: no barrier is skipped */
-    const int64_t c = (int64_t)blockIdx.x * nw + warp;
-    const bool active = c < nc;
+    const int nc = *n_chunks_p;
+    const int c0 = (blockIdx.x * nw + warp) * CPW;
+    if ((int)blockIdx.x * nw * CPW >= nc) return; /* the whole CTA: no barrier is skipped */
     extern __shared__ float sm[];
-    const int dk = (int)op.dk, ld = dk + 1;
+    const int dk = (int)op.dk, ld = dk + 1, n_blocks = (int)n_blocks_;
     const int lph = dk / 8, hpi = 32 / lph; /* lanes per head, heads per iteration */
-    float *qm = sm;                                           /* [hpi][n_blocks][dk + 1] */
-    float *ck = sm + hpi * n_blocks * ld + warp * hpi * dk;   /* [nw][hpi][dk] */
-    const int64_t s0 = active ? starts[c] : 0, s1 = active ? starts[c + 1] : 0, len = s1 - s0;
-    const float f = len <= 0 ? 0.0f : normalised ? 1.0f / sqrtf((float)len) : 1.0f / (float)len;
-    const int64_t nh = op.n_head_kv;
+    float *qm = sm;                                         /* [hpi][n_blocks][dk + 1] */
+    float *ck = sm + hpi * n_blocks * ld + warp * hpi * dk; /* [nw][hpi][dk] */
+    const int nh = (int)op.n_head_kv;
     const char *kb = op.k + i3 * op.k_nb3;
-    for (int64_t h0 = 0; h0 < nh; h0 += hpi) {
+    const int hh = lane / lph, d0 = (lane % lph) * 8;
+    for (int h0 = 0; h0 < nh; h0 += hpi) {
         __syncthreads(); /* the previous heads' means are no longer read */
-        for (int64_t i = threadIdx.x; i < hpi * n_blocks * dk; i += blockDim.x) {
-            const int64_t hh = i / (n_blocks * dk), b = (i / dk) % n_blocks, d = i % dk;
-            qm[(hh * n_blocks + b) * ld + d] = h0 + hh < nh ? qmeans[(b * nh + h0 + hh) * dk + d] : 0.0f;
-        }
-        const int hh = lane / lph, d0 = (lane % lph) * 8;
-        if (active && h0 + hh < nh) {
-            const char *col = kb + (h0 + hh) * op.k_nb2 + d0 * sizeof(T);
-            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll 4
-            for (int64_t j = s0; j < s1; j++) {
-                const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(col + j * op.k_nb1));
-                const T *x = reinterpret_cast<const T *>(&raw);
-#pragma unroll
-                for (int l = 0; l < 8; l++) acc[l] += to_f32(x[l]);
-            }
-#pragma unroll
-            for (int l = 0; l < 8; l++) ck[hh * dk + d0 + l] = acc[l] * f;
+        const int d4 = dk / 4;
+        for (int i = threadIdx.x; i < hpi * n_blocks * d4; i += blockDim.x) {
+            const int k = i / (n_blocks * d4), b = (i / d4) % n_blocks, d = (i % d4) * 4;
+            float4 v = make_float4(0, 0, 0, 0);
+            if (h0 + k < nh) v = __ldg(reinterpret_cast<const float4 *>(qmeans + ((int64_t)b * nh + h0 + k) * dk + d));
+            float *o = qm + (k * n_blocks + b) * ld + d;
+            o[0] = v.x;
+            o[1] = v.y;
+            o[2] = v.z;
+            o[3] = v.w;
         }
         __syncthreads();
-        if (!active) continue;
-        for (int k = 0; k < hpi && h0 + k < nh; k++) {
-            const int64_t hk = h0 + k;
-            for (int64_t b = lane; b < n_blocks; b += 32) {
-                const float v = dot_avx2_order(qm + (k * n_blocks + b) * ld, ck + k * dk, dk);
-                if (n_sel == 1) {
-                    float *o = scores + b * stride + c;
-                    *o = hk == 0 ? v : *o + v;
-                } else {
-                    scores[(b * nh + hk) * stride + c] = v;
+        for (int ci = 0; ci < CPW; ci++) {
+            const int c = c0 + ci;
+            if (c >= nc) break;
+            const int s0 = starts[c], s1 = starts[c + 1], len = s1 - s0;
+            const float f = len <= 0 ? 0.0f : normalised ? 1.0f / sqrtf((float)len) : 1.0f / (float)len;
+            if (h0 + hh < nh) {
+                const char *col = kb + (int64_t)(h0 + hh) * op.k_nb2 + d0 * sizeof(T);
+                float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll 4
+                for (int j = s0; j < s1; j++) {
+                    const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(col + (int64_t)j * op.k_nb1));
+                    const T *x = reinterpret_cast<const T *>(&raw);
+#pragma unroll
+                    for (int l = 0; l < 8; l++) acc[l] += to_f32(x[l]);
+                }
+#pragma unroll
+                for (int l = 0; l < 8; l++) ck[hh * dk + d0 + l] = acc[l] * f;
+            }
+            __syncwarp();
+            for (int k = 0; k < hpi && h0 + k < nh; k++) {
+                const int hk = h0 + k;
+                for (int b = lane; b < n_blocks; b += 32) {
+                    const float v = dot_avx2_order(qm + (k * n_blocks + b) * ld, ck + k * dk, dk);
+                    if (n_sel == 1) {
+                        float *o = scores + (int64_t)b * stride + c;
+                        *o = hk == 0 ? v : *o + v;
+                    } else {
+                        scores[((int64_t)b * nh + hk) * stride + c] = v;
+                    }
                 }
             }
+            __syncwarp(); /* ck is rewritten by the next chunk */
         }
     }
 }
@@ -556,11 +571,11 @@ cudaError_t launch_selection(const SelArgs &a, cudaStream_t s) {
                                                                                 a.n_chunks);
         }
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
-        k_qmeans<<<(unsigned)(a.n_blocks * op.n_head_kv), 128, sizeof(float) * 16 * op.dk, s>>>(
+        k_qmeans<<<(unsigned)(a.n_blocks * op.n_head_kv), 128, sizeof(float) * 16 * (size_t)op.dk, s>>>(
             op, a.i3, a.q_block, a.horizon, sel.budget, a.qmeans);
         if ((e = cudaGetLastError()) != cudaSuccess) return e;
         const int normalised = sel.mode == DHSA_CUDA_DHSA;
-        const unsigned nb = (unsigned)((a.max_chunks + 7) / 8);
+        const unsigned nb = (unsigned)((a.max_chunks + 8 * CPW - 1) / (8 * CPW));
         const size_t hpi = 32 / (op.dk / 8);
         const size_t csmem = sizeof(float) * hpi * ((size_t)a.n_blocks * (op.dk + 1) + 8 * (size_t)op.dk);
         if (csmem > 48 * 1024) {
