@@ -182,7 +182,7 @@ fn compile_cuda() -> Result<(), String> {
     for src in sources("csrc/cuda", "cu") {
         let obj = out.join(src.file_stem().unwrap()).with_extension("o");
         let mut cmd = Command::new(&nvcc);
-        cmd.args(["-c", "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "--use_fast_math=false", "-lineinfo"])
+        cmd.args(["-c", "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-lineinfo"])
             .args(CUDA_GENCODE)
             .arg("-Icsrc")
             .arg("-Icsrc/cuda")

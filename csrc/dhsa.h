@@ -107,6 +107,64 @@ int64_t dhsa_kv_tile(void);
 int64_t dhsa_q_tile(const dhsa_op *op, int64_t q_tile_limit);
 const char *dhsa_simd_name(void);
 
+
+/* ---- CUDA kernels (csrc/cuda; linked with the cargo feature `cuda`) -------------------------
+ * The same op with device pointers (every pointer of dhsa_op addresses memory of one CUDA device).
+ * One dhsa_cuda_ctx per device holds a stream and workspaces that grow and are reused, so an op
+ * allocates nothing once the workspaces fit. A call runs the whole op on the context's stream:
+ * selection (frontier, boundary scores, chunks, chunk scores, per-block picks) and attention, with
+ * no host round trip in between; it waits for the stream before returning. */
+
+enum dhsa_cuda_mode { DHSA_CUDA_DENSE = 0, DHSA_CUDA_DHSA = 1, DHSA_CUDA_BLOCK = 2, DHSA_CUDA_STREAMING = 3 };
+
+/* The selection knobs the GPU reads (the meaning of each is that of the Rust Config). */
+typedef struct dhsa_cuda_select {
+    int32_t mode;           /* enum dhsa_cuda_mode */
+    int32_t dynamic_chunks; /* dhsa mode: boundary-score chunks (1) or fixed chunks of chunk_max (0) */
+    int32_t shared_heads;   /* one selection for all kv heads */
+    int64_t budget, q_block, sink, window, chunk_min, chunk_max, boundary_window, block_size;
+} dhsa_cuda_select;
+
+/* What a call did. */
+typedef struct dhsa_cuda_result {
+    int64_t keys_attended;  /* (query, head) x keys whose finite mask entries were scored */
+    int64_t keys_visible;   /* filled when DHSA_CUDA_COUNT_VISIBLE is set */
+    int64_t sparse_blocks;  /* (block, group) pairs that attended to a selection */
+    int64_t dense_blocks;   /* (block, group) pairs that attended to every visible key */
+    float select_ms, attn_ms; /* device time (events) of the two stages */
+} dhsa_cuda_result;
+
+enum dhsa_cuda_flags {
+    DHSA_CUDA_SYNC_DEVICE = 1,   /* synchronize the whole device first (work of other streams) */
+    DHSA_CUDA_COUNT_VISIBLE = 2, /* count visible keys (reads the whole mask) */
+};
+
+typedef struct dhsa_cuda_ctx dhsa_cuda_ctx;
+
+/* 0 if the CUDA kernels compute this op exactly with this selection, else why not (static). */
+const char *dhsa_cuda_op_unsupported(const dhsa_op *op, const dhsa_cuda_select *sel);
+/* CUDA devices visible to this process (0 when there is no driver or device). */
+int dhsa_cuda_device_count(void);
+/* Name of the device (into buf). Returns 0 or -1. */
+int dhsa_cuda_device_name(int device, char *buf, size_t len);
+dhsa_cuda_ctx *dhsa_cuda_ctx_new(int device, char *err, size_t err_len);
+void dhsa_cuda_ctx_free(dhsa_cuda_ctx *ctx);
+/* Computes dst. sel == NULL or sel->mode == DHSA_CUDA_DENSE: exact attention over every key.
+ * The mask may live in host memory (llama.cpp's graph input): it is copied to the device first,
+ * unless the last call copied the same host mask with the same nonzero mask_epoch (the caller
+ * bumps the epoch whenever the host may have rewritten it; 0: always copy).
+ * Returns 0, or -1 with a message in err. */
+int dhsa_cuda_attention(dhsa_cuda_ctx *ctx, const dhsa_op *op, const dhsa_cuda_select *sel, int flags,
+                        int64_t mask_epoch, dhsa_cuda_result *res, char *err, size_t err_len);
+/* The keys the last sparse call attended, for tests and the token-sparse baseline: counts[p] and
+ * keys[p * cap ..] for every (sequence, block, group) p = (i3 * n_blocks + b) * n_groups + s, sorted.
+ * Returns the number of problems (n_problems when the buffers are large enough), or -1. */
+int64_t dhsa_cuda_last_selection(dhsa_cuda_ctx *ctx, int32_t *counts, int32_t *keys, int64_t n_problems, int64_t cap,
+                                 char *err, size_t err_len);
+/* The chunk starts the last sparse call used for its last sequence (n_chunks + 1 values, the last
+ * is the horizon). Returns n_chunks + 1, or -1. */
+int64_t dhsa_cuda_last_chunks(dhsa_cuda_ctx *ctx, int32_t *starts, int64_t cap, char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

@@ -2,7 +2,7 @@
 //! C kernels. `OwnedOp` holds an op's data in Rust buffers (tests, benchmarks, captured ops).
 
 #[allow(non_camel_case_types, non_upper_case_globals, dead_code, clippy::all)]
-mod ffi {
+pub(crate) mod ffi {
     include!(concat!(env!("OUT_DIR"), "/dhsa_kernels.rs"));
 }
 

@@ -3,7 +3,10 @@
 //! One library, built twice: as the rlib behind the `dhsa` runner and as the plugin
 //! `libggml_dhsa.so` that a stock llama.cpp loads through `GGML_BACKEND_PATH`.
 
+pub mod bench;
 pub mod config;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod engine;
 pub mod ggml;
 pub mod kernels;

@@ -27,6 +27,9 @@ enum Cmd {
     Run(Box<dhsa::run::Args>),
     /// List the ggml devices (name, type, memory)
     Devices,
+    /// Benchmarks
+    #[command(subcommand)]
+    Bench(dhsa::bench::Cmd),
     /// Fetch and list the models dhsa knows by name
     #[command(subcommand)]
     Models(ModelsCmd),
@@ -117,6 +120,7 @@ fn real_main(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Run(a) => dhsa::run::main(*a, cli.verbose)?,
+        Cmd::Bench(c) => dhsa::bench::main(c, cli.verbose)?,
     }
     Ok(())
 }

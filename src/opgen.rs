@@ -118,3 +118,57 @@ pub fn random_shape(rng: &mut Rng) -> (Shape, MaskKind, usize) {
     let pad = if rng.below(2) == 0 { 0 } else { rng.below(n_kv / 2 + 1) };
     (s, kind, pad)
 }
+
+/// A causal op (queries at the end of `n_kv - pad` visible keys) whose keys come in runs of 4 to
+/// 40 tokens around a shared direction, as keys of real text do (topics, phrases), so chunk
+/// boundaries and chunk scores carry signal; each query leans towards the direction of one run of
+/// its kv head, so its attention is peaked as in trained models (queries of
+/// each 64 ask about the same four runs).
+pub fn structured_op(shape: Shape, pad: usize, rng: &mut Rng) -> OwnedOp {
+    let s = &shape;
+    let visible = causal_visible(s.n_q, s.n_kv, pad);
+    let mut k = Vec::with_capacity(s.ne3 * s.n_head_kv * s.n_kv * s.dk);
+    // per (sequence, kv head): the direction of each run
+    let mut centers: Vec<Vec<Vec<f32>>> = vec![];
+    for _ in 0..s.ne3 * s.n_head_kv {
+        let (mut left, mut runs) = (0usize, vec![]);
+        for _ in 0..s.n_kv {
+            if left == 0 {
+                runs.push((0..s.dk).map(|_| rng.normal()).collect::<Vec<f32>>());
+                left = 4 + rng.below(37);
+            }
+            left -= 1;
+            k.extend(runs.last().unwrap().iter().map(|c| 0.8 * c + 0.6 * rng.normal()));
+        }
+        centers.push(runs);
+    }
+    let g = s.n_head / s.n_head_kv;
+    let mut q = Vec::with_capacity(s.ne3 * s.n_head * s.n_q * s.dk);
+    for i3 in 0..s.ne3 {
+        for h in 0..s.n_head {
+            let runs = &centers[i3 * s.n_head_kv + h / g];
+            // queries near each other ask about the same few runs, as neighbouring tokens do
+            let mut topics = [0usize; 4];
+            for iq in 0..s.n_q {
+                if iq % 64 == 0 {
+                    topics = [0; 4].map(|_| rng.below(runs.len()));
+                }
+                let c = &runs[topics[rng.below(4)]];
+                q.extend(c.iter().map(|x| x + 0.3 * rng.normal()));
+            }
+        }
+    }
+    let v = rng.vec(s.ne3 * s.n_head_kv * s.n_kv * s.dv, -1.0, 1.0);
+    let (m2, m3) = s.mask.unwrap_or((1, 1));
+    let alibi = s.max_bias > 0.0;
+    let mut mask = Vec::with_capacity(m3 * m2 * s.n_q * s.n_kv);
+    for _ in 0..m3 * m2 {
+        for iq in 0..s.n_q {
+            for j in 0..s.n_kv {
+                mask.push(mask_value(MaskKind::Causal, s.n_q, visible, iq, j, alibi, rng));
+            }
+        }
+    }
+    let sinks = rng.vec(s.n_head, -10.0, 10.0);
+    OwnedOp::new(shape, q, &k, &v, &mask, sinks)
+}

@@ -6,6 +6,12 @@
 //! and keys) and the kernels compute it exactly, plus the no-op ops (NONE and views) as ggml's BLAS
 //! backend does; everything else stays with llama.cpp.
 //!
+//! With the feature `cuda`, one more device per CUDA device, `DHSA-CUDA<i>` (a "sidecar"): type
+//! GPU, its buffer type *is* the ggml device `CUDA<i>`'s (looked up in the registry at run time, no
+//! link to ggml-cuda), so with `--device DHSA-CUDA0,CUDA0 -ts 0,1` pass 3 moves prefill FA nodes from
+//! CUDA0 to it. It cannot see CUDA0's stream: it synchronizes the device before its kernels and its
+//! own stream before returning (caps: no async, no events).
+//!
 //! Two ways in: `ggml_backend_init` (the cdylib loaded through GGML_BACKEND_PATH) and `register()`
 //! (the runner, before it loads a model). Every `extern "C"` entry point catches panics: nothing
 //! unwinds into the host, and a failure is reported as a failed graph, never an abort.
@@ -40,13 +46,44 @@ impl<T> UnsafeSync<T> {
     }
 }
 
+/// Where a device computes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Cpu,
+    /// CUDA device ordinal
+    #[cfg(feature = "cuda")]
+    Cuda(usize),
+}
+
 /// One device of the registry.
 struct Device {
     dev: UnsafeSync<sys::ggml_backend_device>,
     name: CString,
     description: CString,
-    /// the CPU device whose buffer type ours is
-    cpu: UnsafeSync<sys::ggml_backend_dev_t>,
+    /// the ggml device whose buffer type ours is (the CPU device, or CUDA<i>)
+    base: UnsafeSync<sys::ggml_backend_dev_t>,
+    target: Target,
+}
+
+impl Device {
+    fn new(name: String, description: String, base: sys::ggml_backend_dev_t, target: Target) -> Box<Device> {
+        Box::new(Device {
+            dev: UnsafeSync(UnsafeCell::new(sys::ggml_backend_device {
+                iface: DEVICE_IFACE,
+                reg: std::ptr::null_mut(),
+                context: std::ptr::null_mut(),
+            })),
+            name: CString::new(name).unwrap_or_default(),
+            description: CString::new(description).unwrap_or_default(),
+            base: UnsafeSync(UnsafeCell::new(base)),
+            target,
+        })
+    }
+
+    fn base(&self) -> sys::ggml_backend_dev_t {
+        // SAFETY: written once at registration, read-only afterwards.
+        unsafe { *self.base.ptr() }
+    }
 }
 
 struct Plugin {
@@ -76,19 +113,34 @@ fn build() -> Result<Plugin, String> {
         context: std::ptr::null_mut(),
     })));
     let description = format!("DHSA sparse prefill attention (CPU kernels: {})", crate::kernels::simd_name());
-    let device = Box::new(Device {
-        dev: UnsafeSync(UnsafeCell::new(sys::ggml_backend_device {
-            iface: DEVICE_IFACE,
-            reg: reg.ptr(),
-            context: std::ptr::null_mut(),
-        })),
-        name: CString::new("DHSA").unwrap(),
-        description: CString::new(description).unwrap(),
-        cpu: UnsafeSync(UnsafeCell::new(cpu)),
-    });
-    // SAFETY: the Box gives the device a stable address; ggml reads context to find it again.
-    unsafe { (*device.dev.ptr()).context = &*device as *const Device as *mut c_void };
-    Ok(Plugin { reg, devices: vec![device] })
+    #[allow(unused_mut)]
+    let mut devices = vec![Device::new("DHSA".into(), description, cpu, Target::Cpu)];
+    #[cfg(feature = "cuda")]
+    devices.extend(cuda_sidecars());
+    for d in &devices {
+        // SAFETY: each Box gives its device a stable address; ggml reads context to find it again.
+        unsafe {
+            (*d.dev.ptr()).reg = reg.ptr();
+            (*d.dev.ptr()).context = &**d as *const Device as *mut c_void;
+        }
+    }
+    Ok(Plugin { reg, devices })
+}
+
+/// A sidecar for each ggml device `CUDA<i>` of the registry that CUDA also sees here (boxed:
+/// ggml holds each device's address).
+#[cfg(feature = "cuda")]
+#[allow(clippy::vec_box)]
+fn cuda_sidecars() -> Vec<Box<Device>> {
+    let n = crate::cuda::device_count();
+    (0..n)
+        .filter_map(|i| {
+            let base = crate::ggml::device_by_name(&format!("CUDA{i}"))?;
+            let gpu = crate::cuda::device_name(i).unwrap_or_else(|| "CUDA device".into());
+            let description = format!("DHSA sparse prefill attention on {gpu} (sidecar of CUDA{i})");
+            Some(Device::new(format!("DHSA-CUDA{i}"), description, base, Target::Cuda(i)))
+        })
+        .collect()
 }
 
 /// Registers the DHSA backend in this process (the runner calls this after loading ggml's
@@ -181,30 +233,54 @@ unsafe extern "C" fn dev_get_description(dev: sys::ggml_backend_dev_t) -> *const
     unsafe { device(dev) }.description.as_ptr()
 }
 
-unsafe extern "C" fn dev_get_memory(_dev: sys::ggml_backend_dev_t, free: *mut usize, total: *mut usize) {
-    // no memory of its own: it computes in the CPU's buffers
-    // SAFETY: ggml passes valid out-pointers.
+unsafe extern "C" fn dev_get_memory(dev: sys::ggml_backend_dev_t, free: *mut usize, total: *mut usize) {
+    // SAFETY: ggml passes our device and valid out-pointers.
     unsafe {
         *free = 0;
         *total = 0;
+        let d = device(dev);
+        // the CPU device has no memory of its own; a sidecar shows its CUDA device's
+        if d.target != Target::Cpu {
+            sys::ggml_backend_dev_memory(d.base(), free, total);
+        }
     }
 }
 
-unsafe extern "C" fn dev_get_type(_dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_dev_type {
-    sys::GGML_BACKEND_DEVICE_TYPE_ACCEL
+fn dev_type(d: &Device) -> sys::ggml_backend_dev_type {
+    match d.target {
+        Target::Cpu => sys::GGML_BACKEND_DEVICE_TYPE_ACCEL,
+        #[cfg(feature = "cuda")]
+        Target::Cuda(_) => sys::GGML_BACKEND_DEVICE_TYPE_GPU,
+    }
+}
+
+unsafe extern "C" fn dev_get_type(dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_dev_type {
+    // SAFETY: ggml calls device functions with our device.
+    dev_type(unsafe { device(dev) })
 }
 
 unsafe extern "C" fn dev_get_props(dev: sys::ggml_backend_dev_t, props: *mut sys::ggml_backend_dev_props) {
     // SAFETY: ggml passes our device and a valid props struct.
     unsafe {
         let d = device(dev);
+        let (mut free, mut total) = (0usize, 0usize);
+        dev_get_memory(dev, &mut free, &mut total);
+        // a sidecar shares its CUDA device's id, so llama.cpp's automatic device list keeps only
+        // CUDA<i> (a duplicate id is skipped) and the sidecar is used when named with --device
+        let device_id = if d.target == Target::Cpu {
+            std::ptr::null()
+        } else {
+            let mut base = std::mem::zeroed::<sys::ggml_backend_dev_props>();
+            sys::ggml_backend_dev_get_props(d.base(), &mut base);
+            base.device_id
+        };
         *props = sys::ggml_backend_dev_props {
             name: d.name.as_ptr(),
             description: d.description.as_ptr(),
-            memory_free: 0,
-            memory_total: 0,
-            type_: sys::GGML_BACKEND_DEVICE_TYPE_ACCEL,
-            device_id: std::ptr::null(),
+            memory_free: free,
+            memory_total: total,
+            type_: dev_type(d),
+            device_id,
             caps: sys::ggml_backend_dev_caps {
                 async_: false,
                 host_buffer: false,
@@ -217,17 +293,43 @@ unsafe extern "C" fn dev_get_props(dev: sys::ggml_backend_dev_t, props: *mut sys
 }
 
 unsafe extern "C" fn dev_get_buffer_type(dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_buffer_type_t {
-    // SAFETY: our device; the CPU device pointer was checked non-null at registration.
-    unsafe { sys::ggml_backend_dev_buffer_type(*device(dev).cpu.ptr()) }
+    // SAFETY: our device; its base device pointer was checked non-null at registration.
+    unsafe { sys::ggml_backend_dev_buffer_type(device(dev).base()) }
 }
 
-unsafe extern "C" fn dev_supports_buft(_dev: sys::ggml_backend_dev_t, buft: sys::ggml_backend_buffer_type_t) -> bool {
-    // SAFETY: ggml passes a valid buffer type.
-    !buft.is_null() && unsafe { sys::ggml_backend_buft_is_host(buft) }
+unsafe extern "C" fn dev_get_host_buffer_type(dev: sys::ggml_backend_dev_t) -> sys::ggml_backend_buffer_type_t {
+    // SAFETY: our device; a sidecar offers its CUDA device's pinned host buffers (llama.cpp stages
+    // inputs in the first listed device's), the CPU device none.
+    unsafe {
+        let d = device(dev);
+        if d.target == Target::Cpu { std::ptr::null_mut() } else { sys::ggml_backend_dev_host_buffer_type(d.base()) }
+    }
 }
 
-unsafe extern "C" fn dev_supports_op(_dev: sys::ggml_backend_dev_t, node: *const sys::ggml_tensor) -> bool {
+unsafe extern "C" fn dev_supports_buft(dev: sys::ggml_backend_dev_t, buft: sys::ggml_backend_buffer_type_t) -> bool {
+    if buft.is_null() {
+        return false;
+    }
+    // SAFETY: ggml passes our device and a valid buffer type.
+    unsafe {
+        let d = device(dev);
+        match d.target {
+            Target::Cpu => sys::ggml_backend_buft_is_host(buft),
+            #[cfg(feature = "cuda")]
+            // the mask is a graph input kept in host memory: accepted here (else the scheduler's
+            // pass 3 never moves FA from CUDA<i> to the sidecar) and copied to the device once per
+            // graph by the kernels' context
+            Target::Cuda(_) => {
+                buft == sys::ggml_backend_dev_buffer_type(d.base()) || sys::ggml_backend_buft_is_host(buft)
+            }
+        }
+    }
+}
+
+unsafe extern "C" fn dev_supports_op(dev: sys::ggml_backend_dev_t, node: *const sys::ggml_tensor) -> bool {
     guard(false, || {
+        // SAFETY: ggml calls device functions with our device.
+        let target = unsafe { device(dev) }.target;
         // SAFETY: ggml passes a valid tensor whose sources are valid tensors.
         let node = unsafe { &*node };
         match node.op {
@@ -241,18 +343,34 @@ unsafe extern "C" fn dev_supports_op(_dev: sys::ggml_backend_dev_t, node: *const
                     return false;
                 };
                 // SAFETY: as above.
-                let claimed = match unsafe { op::read(node) } {
-                    Ok(o) => op::engages(&o, &cfg),
-                    Err(_) => false,
+                let why = match unsafe { op::read(node) } {
+                    Ok(o) if !op::engages(&o, &cfg) => Some("fewer queries or keys than DHSA_MIN_QUERIES/KEYS"),
+                    Ok(o) => computes(target, &o, &cfg).err(),
+                    Err(e) => Some(e),
                 };
-                if !claimed {
-                    stats::note_declined(decline_key(node));
+                if let Some(why) = why {
+                    let key = decline_key(node);
+                    if stats::note_declined(key.clone()) && cfg.stats {
+                        // SAFETY: ggml calls device functions with our device.
+                        let name = unsafe { device(dev) }.name.to_string_lossy();
+                        eprintln!("dhsa: {name} declines {key}: {why}");
+                    }
                 }
-                claimed
+                why.is_none()
             }
             _ => false,
         }
     })
+}
+
+/// Whether the device's kernels compute `o` exactly under `cfg` (op::read checked the CPU kernels).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn computes(target: Target, o: &crate::kernels::Op, cfg: &Config) -> Result<(), &'static str> {
+    match target {
+        Target::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Target::Cuda(_) => crate::cuda::unsupported(o, cfg).map_or(Ok(()), Err),
+    }
 }
 
 /// Identity of an FA node for counting distinct declined ops: its name and shapes.
@@ -272,6 +390,18 @@ unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *co
                 return std::ptr::null_mut();
             }
         };
+        // SAFETY: ggml calls device functions with our device.
+        let engine = match unsafe { device(dev) }.target {
+            Target::Cpu => Engine::Cpu(Box::default()),
+            #[cfg(feature = "cuda")]
+            Target::Cuda(i) => match crate::cuda::CudaEngine::new(i) {
+                Ok(e) => Engine::Cuda(e),
+                Err(e) => {
+                    eprintln!("dhsa: {e}");
+                    return std::ptr::null_mut();
+                }
+            },
+        };
         let b = Box::new(Backend {
             backend: sys::ggml_backend {
                 guid: GUID.ptr(),
@@ -282,8 +412,10 @@ unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *co
             state: Mutex::new(State {
                 cfg,
                 n_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                engine: CpuEngine::default(),
+                engine,
                 stats: Stats::default(),
+                mask_epoch: 0,
+                last_slot: 0,
             }),
         });
         let raw = Box::into_raw(b);
@@ -303,7 +435,7 @@ const DEVICE_IFACE: sys::ggml_backend_device_i = sys::ggml_backend_device_i {
     get_props: Some(dev_get_props),
     init_backend: Some(dev_init_backend),
     get_buffer_type: Some(dev_get_buffer_type),
-    get_host_buffer_type: None,
+    get_host_buffer_type: Some(dev_get_host_buffer_type),
     buffer_from_host_ptr: None,
     supports_op: Some(dev_supports_op),
     supports_buft: Some(dev_supports_buft),
@@ -326,8 +458,18 @@ struct State {
     /// the configuration at the time the backend was created
     cfg: Config,
     n_threads: usize,
-    engine: CpuEngine,
+    engine: Engine,
     stats: Stats,
+    /// the sidecar's host-mask generation (see cuda::Flags::mask_epoch) and the address of the
+    /// graph slot of the last FA node it ran
+    mask_epoch: i64,
+    last_slot: usize,
+}
+
+enum Engine {
+    Cpu(Box<CpuEngine>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaEngine),
 }
 
 /// # Safety
@@ -392,7 +534,9 @@ unsafe extern "C" fn backend_graph_compute(b: sys::ggml_backend_t, graph: *mut s
                 | sys::GGML_OP_PERMUTE
                 | sys::GGML_OP_TRANSPOSE => {}
                 sys::GGML_OP_FLASH_ATTN_EXT => {
-                    if let Err(e) = compute_fa(&mut st, node) {
+                    // SAFETY: i < n_nodes indexes the graph's node array.
+                    let slot = unsafe { sys::ggml_graph_nodes(graph).add(i as usize) } as usize;
+                    if let Err(e) = compute_fa(&mut st, node, slot) {
                         eprintln!("dhsa: {e}");
                         return sys::GGML_STATUS_FAILED;
                     }
@@ -407,15 +551,37 @@ unsafe extern "C" fn backend_graph_compute(b: sys::ggml_backend_t, graph: *mut s
     })
 }
 
-fn compute_fa(st: &mut State, node: &sys::ggml_tensor) -> anyhow::Result<()> {
+/// `slot`: the address of the node's entry in the graph's node array (orders the FA nodes of a graph).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn compute_fa(st: &mut State, node: &sys::ggml_tensor, slot: usize) -> anyhow::Result<()> {
     // SAFETY: the scheduler hands us a valid FA node with allocated sources.
     let o = unsafe { op::read(node) }.map_err(|e| anyhow::anyhow!("FA op declined at compute time: {e}"))?;
     if o.q.is_null() || o.k.is_null() || o.v.is_null() || o.dst.is_null() {
         anyhow::bail!("FA op with unallocated tensors");
     }
-    let State { cfg, n_threads, engine, stats: s } = st;
-    // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies.
-    let done = unsafe { engine.compute(&o, cfg, *n_threads)? };
+    let State { cfg, n_threads, engine, stats: s, mask_epoch, last_slot } = st;
+    // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies; a
+    // sidecar's tensors live in its CUDA device's buffers, except a host-side mask, which its
+    // context copies to the device (and the context checks the others are device memory).
+    let done = unsafe {
+        match engine {
+            Engine::Cpu(e) => e.compute(&o, cfg, *n_threads)?,
+            #[cfg(feature = "cuda")]
+            Engine::Cuda(e) => {
+                // The host-side mask is a graph input: llama.cpp rewrites it before each graph, and
+                // every FA op of one graph reads the same one. The scheduler runs a graph's splits in
+                // order over one node array, so the FA node's slot address grows within a graph and
+                // falls back (or repeats) when the next graph starts: then the mask may be new.
+                if *last_slot == 0 || slot <= *last_slot {
+                    *mask_epoch += 1;
+                }
+                *last_slot = slot;
+                // llama.cpp's CUDA backend queued this op's inputs on its own stream
+                let flags = crate::cuda::Flags { sync_device: true, count_visible: cfg.stats, mask_epoch: *mask_epoch };
+                e.compute(&o, cfg, flags)?
+            }
+        }
+    };
     s.add(&done);
     stats::add_total(&done);
     Ok(())

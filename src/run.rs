@@ -53,10 +53,7 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
         (None, None) => bail!("give a prompt with -p TEXT or -f FILE"),
     };
     crate::session::start(&cfg, verbose)?;
-    let (path, model) = crate::session::load_model(
-        &a.model,
-        &crate::llama::ModelOptions { n_gpu_layers: a.ngl, ..Default::default() },
-    )?;
+    let (path, model) = crate::session::load_model(&a.model, &crate::session::model_options(a.ngl))?;
     let prompt = if a.chat { model.chat_prompt(&prompt)? } else { prompt };
     let tokens = model.vocab().tokenize(&prompt, true)?;
     let train = model.n_ctx_train();

@@ -211,6 +211,17 @@ impl Selector {
         Ok(Some(Selection { plan, sparse_blocks: sparse, dense_blocks: dense }))
     }
 
+    /// Chunk starts of the last sequence of the last selection (the horizon last), for tests that
+    /// compare another implementation's chunks.
+    pub fn chunk_starts(&self) -> &[i32] {
+        &self.starts
+    }
+
+    /// Boundary scores of the last sequence of the last dynamic-chunk selection.
+    pub fn boundary_scores(&self) -> &[f32] {
+        &self.bscore
+    }
+
     /// Sink and window of a block whose own rows end at keys lo..=hi.
     fn fixed(&mut self, cfg: &Config, lo: i32, hi: i32) {
         self.ranges.push((0, (cfg.sink as i32).min(hi + 1)));

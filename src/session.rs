@@ -86,6 +86,29 @@ fn forget_plugin_path() {
     }
 }
 
+/// Options for a model with `n_gpu_layers` layers on the GPU. With the `cuda` feature and layers
+/// on a GPU, each CUDA<i> gets its DHSA-CUDA<i> sidecar listed just before it with no share of the
+/// layers (as `--device DHSA-CUDA0,CUDA0 -ts 0,1` does for llama.cpp's tools), so the scheduler moves
+/// prefill FA from CUDA<i> to the sidecar (DESIGN section 2).
+pub fn model_options(n_gpu_layers: i32) -> ModelOptions {
+    #[allow(unused_mut)]
+    let mut o = ModelOptions { n_gpu_layers, ..Default::default() };
+    #[cfg(feature = "cuda")]
+    if n_gpu_layers != 0 {
+        use crate::ggml::device_by_name;
+        for i in 0.. {
+            match (device_by_name(&format!("DHSA-CUDA{i}")), device_by_name(&format!("CUDA{i}"))) {
+                (Some(side), Some(cuda)) => {
+                    o.devices.extend([side, cuda]);
+                    o.tensor_split.extend([0.0, 1.0]);
+                }
+                _ => break,
+            }
+        }
+    }
+    o
+}
+
 /// Resolves `-m` (name or path) and loads the model.
 pub fn load_model(name_or_path: &str, opts: &ModelOptions) -> Result<(PathBuf, Model)> {
     let path = crate::models::resolve(name_or_path, &mut |l| eprintln!("{l}"))?;

@@ -90,9 +90,10 @@ pub fn reset_total() {
     *DECLINED.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
 
-/// Records a declined op by identity (the scheduler asks about the same node several times).
-pub fn note_declined(key: String) {
-    DECLINED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashSet::new).insert(key);
+/// Records a declined op by identity (the scheduler asks about the same node several times);
+/// true the first time this op is seen.
+pub fn note_declined(key: String) -> bool {
+    DECLINED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashSet::new).insert(key)
 }
 
 pub fn declined() -> u64 {
