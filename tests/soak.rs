@@ -3,6 +3,7 @@
 //!   inputs every time, and resident memory that stops growing (< 5% after the warm-up run);
 //! - two contexts used from two threads at once give exactly the logits of running them one
 //!   after the other.
+//!
 //! DHSA_SOAK_RUNS sets the number of prefills (default 12 in the test suite; docs/reliability.md
 //! records a 200-run soak).
 
