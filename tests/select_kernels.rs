@@ -3,6 +3,8 @@
 //! mass; and segmentation on a planted change point. Tolerances are relative to the quantities'
 //! magnitudes (f32 sums of at most a few thousand terms): 1e-4.
 
+#![allow(clippy::needless_range_loop)] // index loops mirror the definitions
+
 use ggml_dhsa::kernels::{self, KvType, OwnedOp, Shape};
 use ggml_dhsa::opgen::{MaskKind, random_op};
 use ggml_dhsa::rng::Rng;
