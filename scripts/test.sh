@@ -17,6 +17,8 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 cargo clippy --release --features cuda --lib -- -D warnings
 step "stock llama.cpp programs"
 cargo upstream-tools >/dev/null
+step "build (the plugin libggml_dhsa.so and the dhsa binary the tests drive)"
+cargo build --workspace --release
 step "tests"
 cargo test --workspace --release
 step "C kernels under AddressSanitizer + UndefinedBehaviorSanitizer"
