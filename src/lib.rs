@@ -3,9 +3,11 @@
 //! One library, built twice: as the rlib behind the `dhsa` runner and as the plugin
 //! `libggml_dhsa.so` that a stock llama.cpp loads through `GGML_BACKEND_PATH`.
 
+pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod ggml;
+pub mod gguf;
 pub mod kernels;
 pub mod llama;
 pub mod models;
@@ -18,9 +20,11 @@ pub mod runner;
 pub mod stats;
 
 pub use plugin::register;
+pub mod demo;
 pub mod ggml_fa;
 pub mod plot;
 pub mod run;
 pub mod select;
 pub mod session;
+pub mod synth;
 pub mod text;

@@ -30,6 +30,11 @@ enum Cmd {
     /// Fetch and list the models dhsa knows by name
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Long passkey prompt on SmolLM2, dense and DHSA side by side: both answers, prefill times, speedup
+    Demo(dhsa::demo::Args),
+    /// Benchmarks
+    #[command(subcommand)]
+    Bench(dhsa::bench::Cmd),
 }
 
 #[derive(Subcommand)]
@@ -38,6 +43,8 @@ enum ModelsCmd {
     Fetch { name: String },
     /// Show the known models and whether each is cached
     List,
+    /// Write a random-weight GGUF of a real model shape (for speed measurements only)
+    Synth(dhsa::synth::Args),
 }
 
 /// llama.cpp spells some flags with one dash and several letters; clap wants them long.
@@ -117,6 +124,9 @@ fn real_main(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Run(a) => dhsa::run::main(*a, cli.verbose)?,
+        Cmd::Models(ModelsCmd::Synth(a)) => dhsa::synth::main(a)?,
+        Cmd::Demo(a) => dhsa::demo::main(a, cli.verbose)?,
+        Cmd::Bench(dhsa::bench::Cmd::Prefill(a)) => dhsa::bench::prefill::main(a, cli.verbose)?,
     }
     Ok(())
 }
