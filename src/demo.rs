@@ -87,7 +87,8 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
         ModeContext::new(sparse_name, &model, sparse_cfg.clone(), &opts)?,
     ];
     if !a.json {
-        println!("dhsa demo: {} ({}), {threads} threads", a.model, model.desc());
+        let about = crate::models::spec(&a.model).map_or_else(|_| model.desc(), |m| m.about.to_string());
+        println!("dhsa demo: {about}, {threads} threads");
         println!(
             "prompt: {} tokens of Python's documentation, pass key {key} hidden at {:.0}% depth",
             tokens.len(),
