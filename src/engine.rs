@@ -30,7 +30,9 @@ impl CpuEngine {
             Some(s) if s.sparse_blocks > 0 => {
                 st.sparse_ops = 1;
                 // SAFETY: as above; the plan was built for this op.
-                unsafe { kernels::attention(op, Some(&s.plan), n_threads, &mut self.scratch, cfg.stats, &mut c)? };
+                // Visible keys are always counted: the runner's kept fraction needs them, and the
+                // count is one pass over the mask (shared by all heads), small next to attention.
+                unsafe { kernels::attention(op, Some(&s.plan), n_threads, &mut self.scratch, true, &mut c)? };
             }
             _ => {
                 st.dense_ops = 1;

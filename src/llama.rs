@@ -4,7 +4,6 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use ggml_sys as sys;
 use std::ffi::{CStr, CString, c_char, c_void};
-use std::io::Read;
 use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Once;
@@ -21,6 +20,10 @@ pub fn backend_dir() -> String {
 
 unsafe extern "C" fn log_cb(level: sys::ggml_log_level, text: *const c_char, _ud: *mut c_void) {
     let min = LOG_LEVEL.load(Ordering::Relaxed);
+    // after Ctrl-C, llama.cpp reports the graph it was told to abort as failed: expected, not news
+    if INTERRUPTED.load(Ordering::Relaxed) && min > sys::GGML_LOG_LEVEL_DEBUG as i32 {
+        return;
+    }
     // CONT lines continue whatever came before; keep them only when everything is shown
     let show =
         if level == sys::GGML_LOG_LEVEL_CONT { min <= sys::GGML_LOG_LEVEL_DEBUG as i32 } else { level as i32 >= min };
@@ -50,22 +53,10 @@ pub fn init(verbose: bool) {
     });
 }
 
-/// Checks that `path` is a readable, complete-looking GGUF before llama.cpp sees it, so the user
-/// gets one clear line instead of a loader trace.
+/// Checks that `path` is a readable, complete GGUF (header, tensor table, and data as long as the
+/// table says) before llama.cpp sees it, so the user gets one clear line instead of a loader trace.
 pub fn check_gguf(path: &Path) -> Result<()> {
-    let meta = std::fs::metadata(path).map_err(|e| anyhow!("cannot open model {}: {e}", path.display()))?;
-    if meta.is_dir() {
-        bail!("model {} is a directory, not a GGUF file", path.display());
-    }
-    let mut f = std::fs::File::open(path).map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
-    let mut head = [0u8; 24];
-    let n = f.read(&mut head).map_err(|e| anyhow!("cannot read model {}: {e}", path.display()))?;
-    if n < 4 || &head[..4] != b"GGUF" {
-        bail!("{} is not a GGUF model file (it does not start with the GGUF magic)", path.display());
-    }
-    if n < 24 {
-        bail!("{} is a truncated GGUF file ({} bytes)", path.display(), meta.len());
-    }
+    crate::gguf::check(path)?;
     Ok(())
 }
 
@@ -214,7 +205,17 @@ pub struct Vocab<'m> {
 }
 
 impl Vocab<'_> {
+    /// False for models written without a tokenizer ("no_vocab"), on which llama.cpp's tokenizer
+    /// aborts.
+    pub fn has_tokenizer(&self) -> bool {
+        // SAFETY: pure query.
+        unsafe { sys::llama_vocab_type(self.ptr) != sys::LLAMA_VOCAB_TYPE_NONE }
+    }
+
     pub fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<i32>> {
+        if !self.has_tokenizer() {
+            bail!("this model has no tokenizer (a speed-only model?); it cannot read text");
+        }
         let len = i32::try_from(text.len()).context("prompt is larger than 2 GiB")?;
         let mut toks = vec![0i32; text.len() + 16];
         // SAFETY: text and toks are valid for the lengths passed.
@@ -253,6 +254,9 @@ impl Vocab<'_> {
 
     /// The bytes of one token (pieces of a UTF-8 character may span tokens).
     pub fn piece(&self, tok: i32) -> Vec<u8> {
+        if !self.has_tokenizer() {
+            return vec![];
+        }
         let mut buf = vec![0u8; 64];
         for _ in 0..2 {
             // SAFETY: buf is writable for its length.
@@ -366,12 +370,44 @@ impl<'m> Context<'m> {
         unsafe { sys::llama_memory_clear(sys::llama_get_memory(self.ptr.as_ptr()), true) }
     }
 
-    /// Drops cached positions >= `p0` of sequence 0.
-    pub fn truncate(&mut self, p0: i32) {
+    /// Drops cached positions >= `p0` of sequence 0; false where the cache cannot drop part of a
+    /// sequence (then `clear` and decode again).
+    pub fn truncate(&mut self, p0: i32) -> bool {
         // SAFETY: as above.
+        unsafe { sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, p0, -1) }
+    }
+
+    /// Sequence 0's cache (keys, values, positions) as bytes, for `set_seq_state` on another
+    /// context of the same model.
+    pub fn seq_state(&mut self) -> Result<Vec<u8>> {
+        // SAFETY: a live context; the buffer has the size llama.cpp asked for.
         unsafe {
-            sys::llama_memory_seq_rm(sys::llama_get_memory(self.ptr.as_ptr()), 0, p0, -1);
+            let n = sys::llama_state_seq_get_size(self.ptr.as_ptr(), 0);
+            let mut buf = vec![0u8; n];
+            let got = sys::llama_state_seq_get_data(self.ptr.as_ptr(), buf.as_mut_ptr(), n, 0);
+            if got == 0 && n > 0 {
+                bail!("llama.cpp could not copy the KV cache");
+            }
+            buf.truncate(got);
+            Ok(buf)
         }
+    }
+
+    /// Replaces sequence 0's cache by `state` from `seq_state`.
+    pub fn set_seq_state(&mut self, state: &[u8]) -> Result<()> {
+        self.clear();
+        // SAFETY: a live context; state is valid for its length.
+        let n = unsafe { sys::llama_state_seq_set_data(self.ptr.as_ptr(), state.as_ptr(), state.len(), 0) };
+        if n == 0 && !state.is_empty() {
+            bail!("llama.cpp could not restore a KV cache of {} bytes", state.len());
+        }
+        Ok(())
+    }
+
+    /// Waits until the work queued by `decode` is done (GPU backends return early).
+    pub fn synchronize(&mut self) {
+        // SAFETY: a live context.
+        unsafe { sys::llama_synchronize(self.ptr.as_ptr()) }
     }
 
     /// Decodes `tokens` at positions `pos0..` of sequence 0; logits are kept for the last token,

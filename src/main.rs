@@ -27,12 +27,14 @@ enum Cmd {
     Run(Box<dhsa::run::Args>),
     /// List the ggml devices (name, type, memory)
     Devices,
-    /// Benchmarks
-    #[command(subcommand)]
-    Bench(dhsa::bench::Cmd),
     /// Fetch and list the models dhsa knows by name
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Long passkey prompt on SmolLM2, dense and DHSA side by side: both answers, prefill times, speedup
+    Demo(Box<dhsa::demo::Args>),
+    /// Benchmarks
+    #[command(subcommand)]
+    Bench(dhsa::bench::Cmd),
 }
 
 #[derive(Subcommand)]
@@ -41,6 +43,8 @@ enum ModelsCmd {
     Fetch { name: String },
     /// Show the known models and whether each is cached
     List,
+    /// Write a random-weight GGUF of a real model shape (for speed measurements only)
+    Synth(dhsa::synth::Args),
 }
 
 /// llama.cpp spells some flags with one dash and several letters; clap wants them long.
@@ -121,6 +125,8 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Cmd::Run(a) => dhsa::run::main(*a, cli.verbose)?,
         Cmd::Bench(c) => dhsa::bench::main(c, cli.verbose)?,
+        Cmd::Models(ModelsCmd::Synth(a)) => dhsa::synth::main(a)?,
+        Cmd::Demo(a) => dhsa::demo::main(*a, cli.verbose)?,
     }
     Ok(())
 }

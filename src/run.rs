@@ -76,7 +76,9 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
     crate::stats::reset_total();
     let (generated, t) = {
         let mut ctx = crate::llama::Context::new(&model, &opts)?;
-        let prefill_s = crate::runner::prefill(&mut ctx, &tokens, 0, &mut |done, _| bar.set_position(done as u64))?;
+        let tail = crate::runner::dense_tail(&cfg);
+        let prefill_s =
+            crate::runner::prefill(&mut ctx, &tokens, 0, tail, &mut |done, _| bar.set_position(done as u64))?;
         bar.finish_and_clear();
         let mut stream = crate::runner::Utf8Stream::default();
         let (generated, gen_s) = crate::runner::generate(&mut ctx, tokens.len() as i32, a.n_predict, &mut |b| {

@@ -1,6 +1,8 @@
 //! Prefill and greedy generation on a llama.cpp context, with per-ubatch progress and timings.
 
-use crate::llama::{Context, Decoded, INTERRUPTED, argmax};
+use crate::config::{self, Config};
+use crate::llama::{Context, ContextOptions, Decoded, INTERRUPTED, Model, argmax};
+use crate::stats::{self, Stats};
 use anyhow::{Result, bail};
 use std::io::Write;
 use std::sync::atomic::Ordering;
@@ -55,19 +57,42 @@ pub fn progress_bar(total: usize, show: bool) -> indicatif::ProgressBar {
     bar
 }
 
-/// Decodes `tokens` in ubatch-sized pieces starting at `pos0`; `progress(done, total)` after each.
-/// Returns the seconds it took. Ctrl-C (or anything that sets INTERRUPTED) stops it with an error.
-pub fn prefill(ctx: &mut Context, tokens: &[i32], pos0: i32, progress: &mut dyn FnMut(usize, usize)) -> Result<f64> {
-    let step = ctx.n_ubatch().max(1) as usize;
+/// How many final prompt tokens to decode on their own so that they attend densely: a decode
+/// call with fewer queries than `min_queries` is left to llama.cpp's exact attention. The paper
+/// keeps the final prompt tokens dense; at the end of a long prompt they are usually the question.
+pub fn dense_tail(cfg: &Config) -> usize {
+    if cfg.mode.is_sparse() { cfg.min_queries.saturating_sub(1) } else { 0 }
+}
+
+/// The decode calls of a prefill of `n` tokens as ranges: `ubatch`-sized pieces, then the last
+/// `tail` tokens (if the prompt is longer than that) as a piece of their own.
+pub fn pieces(n: usize, ubatch: usize, tail: usize) -> Vec<std::ops::Range<usize>> {
+    let tail = if n > tail { tail } else { 0 };
+    let head = n - tail;
+    let step = ubatch.max(1);
+    let mut out: Vec<_> = (0..head).step_by(step).map(|s| s..(s + step).min(head)).collect();
+    if tail > 0 {
+        out.push(head..n);
+    }
+    out
+}
+
+/// Decodes `tokens` starting at `pos0` in the pieces `pieces` gives, the last `dense_tail` on their
+/// own; `progress(done, total)` after each. Returns the seconds it took. Ctrl-C (or anything that
+/// sets INTERRUPTED) stops it with an error.
+pub fn prefill(
+    ctx: &mut Context,
+    tokens: &[i32],
+    pos0: i32,
+    dense_tail: usize,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<f64> {
     let t0 = Instant::now();
-    let mut done = 0;
-    while done < tokens.len() {
-        let end = (done + step).min(tokens.len());
-        if ctx.decode(&tokens[done..end], pos0 + done as i32, false)? == Decoded::Interrupted {
+    for r in pieces(tokens.len(), ctx.n_ubatch() as usize, dense_tail) {
+        if ctx.decode(&tokens[r.clone()], pos0 + r.start as i32, false)? == Decoded::Interrupted {
             bail!("interrupted");
         }
-        done = end;
-        progress(done, tokens.len());
+        progress(r.end, tokens.len());
     }
     Ok(t0.elapsed().as_secs_f64())
 }
@@ -123,5 +148,47 @@ impl Utf8Stream {
         let _ = out.write_all(&self.pending[..valid]);
         let _ = out.flush();
         self.pending.drain(..valid);
+    }
+}
+
+/// A context whose DHSA backend runs `cfg`: several of these on one model measure modes side by
+/// side in one process. The plugin's backend takes the configuration current when the context is
+/// created, and its `supports_op` reads the current one, so each call installs `cfg` first.
+pub struct ModeContext<'m> {
+    pub label: String,
+    pub cfg: Config,
+    pub ctx: Context<'m>,
+    /// what the plugin did during `decode` calls (not `fill`)
+    pub stats: Stats,
+}
+
+impl<'m> ModeContext<'m> {
+    pub fn new(label: &str, model: &'m Model, cfg: Config, opts: &ContextOptions) -> Result<ModeContext<'m>> {
+        config::install(cfg.clone());
+        let ctx = Context::new(model, opts)?;
+        Ok(ModeContext { label: label.to_string(), cfg, ctx, stats: Stats::default() })
+    }
+
+    /// Decodes `tokens` (at most n_batch) at `pos0`, waits for the result and returns the seconds
+    /// it took; the plugin's counters for it go to `self.stats`.
+    pub fn decode(&mut self, tokens: &[i32], pos0: i32) -> Result<f64> {
+        config::install(self.cfg.clone());
+        stats::reset_total();
+        let t0 = Instant::now();
+        let r = self.ctx.decode(tokens, pos0, false)?;
+        self.ctx.synchronize();
+        let dt = t0.elapsed().as_secs_f64();
+        if r == Decoded::Interrupted {
+            bail!("interrupted");
+        }
+        self.stats.add(&stats::total());
+        Ok(dt)
+    }
+
+    /// Untimed prefill (per ubatch) of `tokens` at `pos0`, e.g. to fill the cache to a depth.
+    pub fn fill(&mut self, tokens: &[i32], pos0: i32, progress: &mut dyn FnMut(usize, usize)) -> Result<()> {
+        config::install(self.cfg.clone());
+        prefill(&mut self.ctx, tokens, pos0, 0, progress)?;
+        Ok(())
     }
 }

@@ -34,7 +34,7 @@ fn setup() -> (Model, Vec<i32>) {
 fn prefill(model: &Model, toks: &[i32], threads: i32) -> Vec<f32> {
     let o = ContextOptions { n_ctx: 2048, n_ubatch: 256, n_threads: threads, ..Default::default() };
     let mut ctx = Context::new(model, &o).unwrap();
-    ggml_dhsa::runner::prefill(&mut ctx, toks, 0, &mut |_, _| {}).unwrap();
+    ggml_dhsa::runner::prefill(&mut ctx, toks, 0, 0, &mut |_, _| {}).unwrap();
     ctx.logits(-1).to_vec()
 }
 

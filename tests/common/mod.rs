@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 /// A stock llama.cpp program built from the pinned tree (`cargo upstream-tools`).
 pub fn tool(name: &str) -> PathBuf {
@@ -25,10 +26,8 @@ pub fn dhsa() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dhsa"))
 }
 
-/// SmolLM2-135M-Instruct, fetched and verified once.
-pub fn smollm2() -> PathBuf {
-    let spec = ggml_dhsa::models::spec("smollm2").unwrap();
-    ggml_dhsa::models::Store::default().fetch(spec, &mut |l| eprintln!("{l}")).expect("fetch smollm2")
+pub fn run(args: &[&str]) -> Output {
+    dhsa().args(args).output().expect("the dhsa binary runs")
 }
 
 /// A passkey prompt of several thousand tokens written to a temp file; returns (file, key).
@@ -51,4 +50,69 @@ pub fn stderr(o: &Output) -> String {
 /// The dhsa-stats lines a process printed.
 pub fn stats_lines(o: &Output) -> Vec<ggml_dhsa::stats::Stats> {
     stderr(o).lines().filter_map(ggml_dhsa::stats::Stats::parse_line).collect()
+}
+
+/// A fresh folder under the target dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SmolLM2-135M-Instruct, fetched into the cache once (tests of one binary share a process, so
+/// they must not fetch concurrently).
+pub fn smollm2() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let spec = ggml_dhsa::models::spec("smollm2").unwrap();
+        ggml_dhsa::models::Store::default().fetch(spec, &mut |l| eprintln!("{l}")).expect("smollm2 can be fetched")
+    })
+    .clone()
+}
+
+/// The small random-weight model written by `dhsa models synth --shape tiny`, once per test binary.
+pub fn tiny_model() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        // one fixed name: synth writes through a temporary file and a rename, so a reader never
+        // sees a half-written model
+        let p = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("synth-tiny.gguf");
+        let o = run(&["models", "synth", "--shape", "tiny", "-o", p.to_str().unwrap(), "--force"]);
+        assert!(o.status.success(), "synth failed: {}", stderr(&o));
+        p
+    })
+    .clone()
+}
+
+/// Asserts a failed run: exit code 1, one `error:` line on stderr containing `want`, no panic.
+pub fn assert_clean_error(o: &Output, want: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "want one line on stderr, got: {err}");
+    assert!(lines[0].starts_with("error: "), "not an error line: {err}");
+    assert!(lines[0].contains(want), "stderr {err:?} does not say {want:?}");
+}
+
+pub fn write_truncated(src: &Path, dst: &Path, len: usize) {
+    let bytes = std::fs::read(src).unwrap();
+    std::fs::write(dst, &bytes[..len.min(bytes.len())]).unwrap();
 }
