@@ -3,8 +3,10 @@
 //! One library, built twice: as the rlib behind the `dhsa` runner and as the plugin
 //! `libggml_dhsa.so` that a stock llama.cpp loads through `GGML_BACKEND_PATH`.
 
+pub mod capture;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod ggml;
 pub mod kernels;
 pub mod llama;
@@ -19,6 +21,7 @@ pub mod stats;
 
 pub use plugin::register;
 pub mod ggml_fa;
+pub mod inspect;
 pub mod plot;
 pub mod run;
 pub mod select;

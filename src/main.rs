@@ -30,6 +30,12 @@ enum Cmd {
     /// Fetch and list the models dhsa knows by name
     #[command(subcommand)]
     Models(ModelsCmd),
+    /// Accuracy of the sparse modes: passkey grid, perplexity / KL divergence, attention recall
+    #[command(subcommand)]
+    Eval(dhsa::eval::Cmd),
+    /// Look inside: kept keys over the dense attention map; capture real attention ops
+    #[command(subcommand)]
+    Inspect(dhsa::inspect::Cmd),
 }
 
 #[derive(Subcommand)]
@@ -117,6 +123,8 @@ fn real_main(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Run(a) => dhsa::run::main(*a, cli.verbose)?,
+        Cmd::Eval(c) => dhsa::eval::main(c, cli.verbose)?,
+        Cmd::Inspect(c) => dhsa::inspect::main(c, cli.verbose)?,
     }
     Ok(())
 }

@@ -414,8 +414,10 @@ fn compute_fa(st: &mut State, node: &sys::ggml_tensor) -> anyhow::Result<()> {
         anyhow::bail!("FA op with unallocated tensors");
     }
     let State { cfg, n_threads, engine, stats: s } = st;
+    // SAFETY: the node's sources are valid tensors (as above).
+    let layer = unsafe { op::layer_of(node) };
     // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies.
-    let done = unsafe { engine.compute(&o, cfg, *n_threads)? };
+    let done = unsafe { engine.compute_at(&o, cfg, *n_threads, layer)? };
     s.add(&done);
     stats::add_total(&done);
     Ok(())
