@@ -79,6 +79,48 @@ impl FromStr for Chunking {
     }
 }
 
+/// How the query heads of a kv-head group score a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadScore {
+    /// the mean query of all the group's heads over the block, against the chunk key
+    Mean,
+    /// each head's mean query over the block against the chunk key; the group takes the best
+    Max,
+}
+
+impl FromStr for HeadScore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HeadScore, String> {
+        match s {
+            "mean" => Ok(HeadScore::Mean),
+            "max" => Ok(HeadScore::Max),
+            _ => Err("accepted values are mean, max".into()),
+        }
+    }
+}
+
+/// How a dhsa chunk key is formed from its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkNorm {
+    /// sum / sqrt(length): the paper's length-normalised chunk key
+    Sqrt,
+    /// the mean key (what block mode uses)
+    Mean,
+}
+
+impl FromStr for ChunkNorm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ChunkNorm, String> {
+        match s {
+            "sqrt" => Ok(ChunkNorm::Sqrt),
+            "mean" => Ok(ChunkNorm::Mean),
+            _ => Err("accepted values are sqrt, mean".into()),
+        }
+    }
+}
+
 /// Everything the plugin and the runner read. See `KNOBS` for meanings and defaults.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
@@ -107,6 +149,10 @@ pub struct Config {
     pub tau: f32,
     /// one selection for all heads (the paper) instead of one per kv-head group
     pub shared_heads: bool,
+    /// dhsa: how the query heads of a group score a chunk
+    pub head_score: HeadScore,
+    /// dhsa: how a chunk key is formed
+    pub chunk_norm: ChunkNorm,
     /// write one `dhsa-stats {...}` line to stderr when a backend is freed
     pub stats: bool,
 }
@@ -128,6 +174,8 @@ impl Default for Config {
             block_size: 64,
             tau: 0.0,
             shared_heads: false,
+            head_score: HeadScore::Mean,
+            chunk_norm: ChunkNorm::Sqrt,
             stats: false,
         }
     }
@@ -302,6 +350,26 @@ pub const KNOBS: &[Knob] = &[
             Ok(())
         },
         get: |c| (c.shared_heads as u8).to_string(),
+    },
+    Knob {
+        var: "DHSA_HEAD_SCORE",
+        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean) or the best of its heads (max)",
+        accepted: "mean, max",
+        set: |c, v| {
+            c.head_score = v.trim().parse()?;
+            Ok(())
+        },
+        get: |c| format!("{:?}", c.head_score).to_lowercase(),
+    },
+    Knob {
+        var: "DHSA_CHUNK_NORM",
+        about: "dhsa: chunk key = sum / sqrt(length) (sqrt, the paper's) or the mean key (mean)",
+        accepted: "sqrt, mean",
+        set: |c, v| {
+            c.chunk_norm = v.trim().parse()?;
+            Ok(())
+        },
+        get: |c| format!("{:?}", c.chunk_norm).to_lowercase(),
     },
     Knob {
         var: "DHSA_STATS",

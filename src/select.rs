@@ -18,7 +18,7 @@
 //!      a block whose horizon fits the budget attends densely. oracle ranks single keys by their
 //!      exact softmax mass instead; streaming keeps only sink and window.
 
-use crate::config::{Chunking, Config, Mode};
+use crate::config::{ChunkNorm, Chunking, Config, HeadScore, Mode};
 use crate::kernels::{self, Op, Plan, Span};
 use anyhow::Result;
 
@@ -29,6 +29,7 @@ pub struct Selector {
     starts: Vec<i32>,
     ckeys: Vec<f32>,
     qmeans: Vec<f32>,
+    qheads: Vec<f32>,
     scores: Vec<f32>,
     mass: Vec<f32>,
     order: Vec<u32>,
@@ -70,6 +71,30 @@ pub fn fixed_chunks(n: usize, len: usize, starts: &mut Vec<i32>) {
     starts.clear();
     starts.extend((0..n).step_by(len.max(1)).map(|s| s as i32));
     starts.push(n as i32);
+}
+
+/// dhsa chunk keys are sum / sqrt(len) (the paper's) unless configured as means; block's are means.
+fn sqrt_normalised(cfg: &Config) -> bool {
+    cfg.mode == Mode::Dhsa && cfg.chunk_norm == ChunkNorm::Sqrt
+}
+
+/// scores[block][kv head][chunk] = the best, over the kv head's query heads, of that head's mean
+/// query . the chunk key. `qheads` is [block][q head][dk], `ckeys` [chunk][kv head][dk].
+fn best_head_scores(qheads: &[f32], ckeys: &[f32], n_head: usize, nh: usize, dk: usize, out: &mut [f32]) {
+    let n_chunks = ckeys.len() / (nh * dk);
+    let group = n_head / nh;
+    for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
+        let (b, hk) = (i / nh, i % nh);
+        row.fill(f32::NEG_INFINITY);
+        for h in hk * group..(hk + 1) * group {
+            let q = &qheads[(b * n_head + h) * dk..][..dk];
+            for (c, o) in row.iter_mut().enumerate() {
+                let k = &ckeys[(c * nh + hk) * dk..][..dk];
+                let d: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+                *o = o.max(d);
+            }
+        }
+    }
 }
 
 fn overlap(a: (i32, i32), b: (i32, i32)) -> i32 {
@@ -156,12 +181,23 @@ impl Selector {
                         }
                         let nc = self.starts.len() - 1;
                         self.ckeys.resize(nc * nh * dk, 0.0);
-                        let normalised = cfg.mode == Mode::Dhsa;
+                        let normalised = sqrt_normalised(cfg);
                         unsafe { kernels::chunk_keys(op, i3, &self.starts, normalised, &mut self.ckeys, n_threads) };
-                        self.qmeans.resize(n_blocks * nh * dk, 0.0);
-                        unsafe { kernels::query_means(op, i3, q_block, &mut self.qmeans, n_threads) };
                         self.scores.resize(n_blocks * nh * nc, 0.0);
-                        kernels::chunk_scores(op, n_blocks, &self.qmeans, &self.ckeys, &mut self.scores, n_threads);
+                        if cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Max {
+                            // each query head's mean over the block: the op seen with one kv head
+                            // per query head (query_means reads only q)
+                            let mut per_head = *op;
+                            per_head.n_head_kv = op.n_head;
+                            let n_head = op.n_head as usize;
+                            self.qheads.resize(n_blocks * n_head * dk, 0.0);
+                            unsafe { kernels::query_means(&per_head, i3, q_block, &mut self.qheads, n_threads) };
+                            best_head_scores(&self.qheads, &self.ckeys, n_head, nh, dk, &mut self.scores);
+                        } else {
+                            self.qmeans.resize(n_blocks * nh * dk, 0.0);
+                            unsafe { kernels::query_means(op, i3, q_block, &mut self.qmeans, n_threads) };
+                            kernels::chunk_scores(op, n_blocks, &self.qmeans, &self.ckeys, &mut self.scores, n_threads);
+                        }
                         if n_sel == 1 {
                             // one selection for all heads: sum the kv heads' scores into the first
                             for b in 0..n_blocks {
@@ -242,7 +278,7 @@ impl Selector {
         let tau = cfg.tau as f64;
         let est = |c: usize| -> f64 {
             let len = (starts[c + 1].min(hi + 1) - starts[c]).max(0) as f64;
-            let norm = if cfg.mode == Mode::Dhsa { len.sqrt().max(1.0) } else { 1.0 };
+            let norm = if sqrt_normalised(cfg) { len.sqrt().max(1.0) } else { 1.0 };
             let mean_dot = scores[c] as f64 / norm / heads_summed as f64;
             (len.max(1.0)).ln() + op.scale as f64 * mean_dot
         };

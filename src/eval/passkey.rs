@@ -85,6 +85,12 @@ pub fn answer(ctx: &mut crate::llama::Context, toks: &[i32], n_predict: usize) -
 }
 
 pub fn main(a: Args, verbose: bool) -> Result<()> {
+    let (specs, cells, path) = run(&a, verbose)?;
+    print_results(&a, &specs, &cells, &path)
+}
+
+/// Every mode on every grid cell (computed, or read from the cache): per mode, its cells.
+pub fn run(a: &Args, verbose: bool) -> Result<(Vec<ModeSpec>, Vec<Vec<Cell>>, PathBuf)> {
     let c = &a.common;
     ensure!(!a.lengths.is_empty() && !a.depths.is_empty() && a.trials > 0, "empty grid");
     ensure!(a.depths.iter().all(|d| (0.0..=1.0).contains(d)), "depths are fractions in [0, 1]");
@@ -149,7 +155,7 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
         }
     }
     drop(ctxs);
-    print_results(&a, &specs, &cells, &path)
+    Ok((specs, cells, path))
 }
 
 fn print_results(a: &Args, specs: &[ModeSpec], cells: &[Vec<Cell>], model: &std::path::Path) -> Result<()> {

@@ -94,7 +94,23 @@ fn decode(ctx: &mut Context, toks: &[i32], pos: usize, all: bool) -> Result<(u64
     Ok((s.keys_visible, s.keys_attended))
 }
 
+/// What `run` measured.
+pub struct Report {
+    /// one per mode listed (the dense reference included only when listed)
+    pub summaries: Vec<Summary>,
+    pub first_scored: usize,
+    pub model: PathBuf,
+    pub specs: Vec<ModeSpec>,
+}
+
 pub fn main(a: Args, verbose: bool) -> Result<()> {
+    let rep = run(&a, verbose)?;
+    print_report(&a, &rep);
+    Ok(())
+}
+
+/// Computes (or reads from the cache) every mode on every window.
+pub fn run(a: &Args, verbose: bool) -> Result<Report> {
     let c = &a.common;
     ensure!((0.0..1.0).contains(&a.from), "--from must be in [0, 1)");
     let mut specs = c.specs("dense,dhsa,block,streaming")?;
@@ -199,9 +215,19 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
     }
     drop(ctxs);
     let sums: Vec<Summary> = specs.iter().zip(&cells).map(|(s, cs)| summarize(&s.label, cs, &cells[r])).collect();
-    let shown: Vec<&Summary> =
-        sums.iter().enumerate().filter(|(i, _)| listed_ref.is_some() || *i != r).map(|(_, s)| s).collect();
-    let rows: Vec<Vec<String>> = shown
+    let keep = |i: usize| listed_ref.is_some() || i != r;
+    Ok(Report {
+        summaries: sums.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, s)| s).collect(),
+        first_scored: first,
+        model: path,
+        specs: specs.into_iter().enumerate().filter(|(i, _)| keep(*i)).map(|(_, s)| s).collect(),
+    })
+}
+
+fn print_report(a: &Args, rep: &Report) {
+    let c = &a.common;
+    let rows: Vec<Vec<String>> = rep
+        .summaries
         .iter()
         .map(|s| {
             vec![
@@ -216,7 +242,8 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
             ]
         })
         .collect();
-    let name = path.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let name = rep.model.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+    let first = rep.first_scored;
     super::report(
         c.json,
         &format!(
@@ -225,7 +252,7 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
             a.ctx,
             c.split,
             a.ctx - 1,
-            sums[r].tokens,
+            rep.summaries.first().map_or(0, |s| s.tokens),
             super::table(
                 &["mode", "PPL", "PPL vs dense", "mean KL", "KL p99", "top-1 same", "keys kept", "seconds"],
                 &rows
@@ -235,12 +262,11 @@ pub fn main(a: Args, verbose: bool) -> Result<()> {
     if c.json {
         println!(
             "{}",
-            serde_json::json!({ "model": path, "ctx": a.ctx, "windows": a.windows, "first_scored": first,
-                "split": c.split, "results": shown,
-                "configs": specs.iter().map(|s| serde_json::json!({"mode": s.label, "config": s.cfg})).collect::<Vec<_>>() })
+            serde_json::json!({ "model": rep.model, "ctx": a.ctx, "windows": a.windows, "first_scored": first,
+                "split": c.split, "results": rep.summaries,
+                "configs": rep.specs.iter().map(|s| serde_json::json!({"mode": s.label, "config": s.cfg})).collect::<Vec<_>>() })
         );
     }
-    Ok(())
 }
 
 fn mean_se(x: impl Iterator<Item = f64> + Clone) -> (f64, f64) {

@@ -167,6 +167,17 @@ pub unsafe fn plan_mass(op: &Op, plans: &[Option<&Plan>], n_threads: usize) -> R
     plans.iter().map(|p| t.kept(*p)).collect()
 }
 
+/// `plan_mass` for an op held in Rust buffers (captured ops, tests).
+pub fn owned_plan_mass(
+    op: &mut kernels::OwnedOp,
+    plans: &[Option<&Plan>],
+    n_threads: usize,
+) -> Result<Vec<Vec<(f64, f64)>>> {
+    let o = op.op();
+    // SAFETY: o addresses op's own buffers, which match its shape and outlive the call.
+    unsafe { plan_mass(&o, plans, n_threads) }
+}
+
 /// (kept, visible) keys of `plan` summed over query rows (a row's keys are those up to its last
 /// visible key, `last[i3][row]`), averaged over the selection groups.
 pub fn keys_kept(plan: Option<&Plan>, last: &[Vec<i32>]) -> (f64, f64) {
