@@ -43,8 +43,12 @@ impl Probe<'_> {
         unsafe { own(self.op) }
     }
 
-    /// What `sel` would choose for this op under `cfg` (another mode, budget, ...).
+    /// What the engine would choose for this op under `cfg` (another mode, budget, ...), with
+    /// `sel` (None: dense, as for a layer listed in DHSA_DENSE_LAYERS).
     pub fn select(&self, sel: &mut Selector, cfg: &Config) -> Result<Option<Selection>> {
+        if crate::engine::dense_layer(cfg, self.layer) {
+            return Ok(None);
+        }
         // SAFETY: as above.
         unsafe { sel.select(self.op, cfg, self.n_threads) }
     }

@@ -87,6 +87,12 @@ pub enum HeadScore {
     Mean,
     /// each head's mean query over the block against the chunk key; the group takes the best
     Max,
+    /// the estimated attention mass per key: each head's softmax over the chunks (mean query .
+    /// mean key, times the op's scale, plus log length), summed over the group's heads
+    Mass,
+    /// each head's mean query over the block against every key (one probe query per block and
+    /// head): the attention mass it puts on each chunk, per key, summed over the group's heads
+    Probe,
 }
 
 impl FromStr for HeadScore {
@@ -95,7 +101,9 @@ impl FromStr for HeadScore {
         match s {
             "mean" => Ok(HeadScore::Mean),
             "max" => Ok(HeadScore::Max),
-            _ => Err("accepted values are mean, max".into()),
+            "mass" => Ok(HeadScore::Mass),
+            "probe" => Ok(HeadScore::Probe),
+            _ => Err("accepted values are mean, max, mass, probe".into()),
         }
     }
 }
@@ -149,6 +157,8 @@ pub struct Config {
     pub tau: f32,
     /// one selection for all heads (the paper) instead of one per kv-head group
     pub shared_heads: bool,
+    /// the first `dense_layers` layers of the model attend to every key (sparse modes)
+    pub dense_layers: usize,
     /// dhsa: how the query heads of a group score a chunk
     pub head_score: HeadScore,
     /// dhsa: how a chunk key is formed
@@ -174,6 +184,7 @@ impl Default for Config {
             block_size: 64,
             tau: 0.0,
             shared_heads: false,
+            dense_layers: 0,
             head_score: HeadScore::Mean,
             chunk_norm: ChunkNorm::Sqrt,
             stats: false,
@@ -352,9 +363,19 @@ pub const KNOBS: &[Knob] = &[
         get: |c| (c.shared_heads as u8).to_string(),
     },
     Knob {
+        var: "DHSA_DENSE_LAYERS",
+        about: "the first N layers attend to every key in every mode (layers whose attention is spread too thin for a budget)",
+        accepted: "0..=4096",
+        set: |c, v| {
+            c.dense_layers = int(v, 0, 4096)?;
+            Ok(())
+        },
+        get: |c| c.dense_layers.to_string(),
+    },
+    Knob {
         var: "DHSA_HEAD_SCORE",
-        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean) or the best of its heads (max)",
-        accepted: "mean, max",
+        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean), the best of its heads (max), or the heads' estimated attention mass per key (mass), or the mass each head's mean query puts on the chunk's keys (probe)",
+        accepted: "mean, max, mass, probe",
         set: |c, v| {
             c.head_score = v.trim().parse()?;
             Ok(())

@@ -8,6 +8,11 @@ use crate::stats::Stats;
 use anyhow::Result;
 use std::time::Instant;
 
+/// Whether the op of model layer `layer` is computed densely whatever the mode (DHSA_DENSE_LAYERS).
+pub fn dense_layer(cfg: &Config, layer: Option<u32>) -> bool {
+    layer.is_some_and(|l| (l as usize) < cfg.dense_layers)
+}
+
 #[derive(Default)]
 pub struct CpuEngine {
     scratch: Scratch,
@@ -33,8 +38,12 @@ impl CpuEngine {
         let mut st = Stats { ops: 1, ..Default::default() };
         let mut c = Counters::default();
         let t0 = Instant::now();
-        // SAFETY: forwarded from this function's contract.
-        let sel = unsafe { self.selector.select(op, cfg, n_threads)? };
+        let sel = if dense_layer(cfg, layer) {
+            None
+        } else {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.selector.select(op, cfg, n_threads)? }
+        };
         let t1 = Instant::now();
         match &sel {
             Some(s) if s.sparse_blocks > 0 => {

@@ -30,6 +30,7 @@ pub struct Selector {
     ckeys: Vec<f32>,
     qmeans: Vec<f32>,
     qheads: Vec<f32>,
+    probe: Vec<f32>,
     scores: Vec<f32>,
     mass: Vec<f32>,
     order: Vec<u32>,
@@ -73,9 +74,79 @@ pub fn fixed_chunks(n: usize, len: usize, starts: &mut Vec<i32>) {
     starts.push(n as i32);
 }
 
-/// dhsa chunk keys are sum / sqrt(len) (the paper's) unless configured as means; block's are means.
+/// dhsa chunk keys are sum / sqrt(len) (the paper's) unless configured as means or scored by
+/// estimated mass (which needs the mean key); block's are means.
 fn sqrt_normalised(cfg: &Config) -> bool {
-    cfg.mode == Mode::Dhsa && cfg.chunk_norm == ChunkNorm::Sqrt
+    cfg.mode == Mode::Dhsa && cfg.chunk_norm == ChunkNorm::Sqrt && !mass_scored(cfg)
+}
+
+/// Scores that are log attention mass per key (combined across heads in linear space).
+fn mass_scored(cfg: &Config) -> bool {
+    cfg.mode == Mode::Dhsa && matches!(cfg.head_score, HeadScore::Mass | HeadScore::Probe)
+}
+
+/// scores[block][kv head][chunk] = log mass per key of the chunk, summed over the kv head's query
+/// heads, from `probe` = [block][q head][chunk] unnormalised log masses of each head's probe query
+/// (each head's masses are normalised over the chunks first).
+fn probe_scores(probe: &[f32], starts: &[i32], n_head: usize, nh: usize, out: &mut [f32]) {
+    let n_chunks = starts.len() - 1;
+    let group = n_head / nh;
+    for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
+        let (b, hk) = (i / nh, i % nh);
+        row.fill(f32::NEG_INFINITY);
+        for h in hk * group..(hk + 1) * group {
+            let p = &probe[(b * n_head + h) * n_chunks..][..n_chunks];
+            let lse = p.iter().fold(f32::NEG_INFINITY, |a, &x| log_add(a, x));
+            for (o, &x) in row.iter_mut().zip(p) {
+                *o = log_add(*o, x - lse);
+            }
+        }
+        for (c, o) in row.iter_mut().enumerate() {
+            *o -= ((starts[c + 1] - starts[c]).max(1) as f32).ln();
+        }
+    }
+}
+
+fn log_add(a: f32, b: f32) -> f32 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if lo == f32::NEG_INFINITY { hi } else { hi + (lo - hi).exp().ln_1p() }
+}
+
+/// scores[block][kv head][chunk] = log of the estimated attention mass per key of the chunk,
+/// summed over the kv head's query heads: head h's logit for chunk c is scale * (mean query .
+/// mean key) and its softmax runs over every chunk, each weighted by its length (so a head whose
+/// attention is spread thin counts less per chunk than a focused one).
+#[allow(clippy::too_many_arguments)]
+fn mass_scores(
+    qheads: &[f32],
+    ckeys: &[f32],
+    starts: &[i32],
+    scale: f32,
+    n_head: usize,
+    nh: usize,
+    dk: usize,
+    out: &mut [f32],
+) {
+    let n_chunks = ckeys.len() / (nh * dk);
+    let group = n_head / nh;
+    let mut logit = vec![0f32; n_chunks];
+    for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
+        let (b, hk) = (i / nh, i % nh);
+        row.fill(f32::NEG_INFINITY);
+        for h in hk * group..(hk + 1) * group {
+            let q = &qheads[(b * n_head + h) * dk..][..dk];
+            let mut lse = f32::NEG_INFINITY;
+            for (c, l) in logit.iter_mut().enumerate() {
+                let k = &ckeys[(c * nh + hk) * dk..][..dk];
+                *l = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+                let len = (starts[c + 1] - starts[c]).max(1) as f32;
+                lse = log_add(lse, *l + len.ln());
+            }
+            for (o, &l) in row.iter_mut().zip(&logit) {
+                *o = log_add(*o, l - lse);
+            }
+        }
+    }
 }
 
 /// scores[block][kv head][chunk] = the best, over the kv head's query heads, of that head's mean
@@ -180,11 +251,17 @@ impl Selector {
                             segment(&self.bscore, cfg.chunk_min, cfg.chunk_max, &mut self.starts);
                         }
                         let nc = self.starts.len() - 1;
-                        self.ckeys.resize(nc * nh * dk, 0.0);
-                        let normalised = sqrt_normalised(cfg);
-                        unsafe { kernels::chunk_keys(op, i3, &self.starts, normalised, &mut self.ckeys, n_threads) };
+                        let probed = cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Probe;
+                        if !probed {
+                            self.ckeys.resize(nc * nh * dk, 0.0);
+                            let normalised = sqrt_normalised(cfg);
+                            unsafe {
+                                kernels::chunk_keys(op, i3, &self.starts, normalised, &mut self.ckeys, n_threads)
+                            };
+                        }
                         self.scores.resize(n_blocks * nh * nc, 0.0);
-                        if cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Max {
+                        let per_head_scores = cfg.mode == Mode::Dhsa && cfg.head_score != HeadScore::Mean;
+                        if per_head_scores {
                             // each query head's mean over the block: the op seen with one kv head
                             // per query head (query_means reads only q)
                             let mut per_head = *op;
@@ -192,13 +269,50 @@ impl Selector {
                             let n_head = op.n_head as usize;
                             self.qheads.resize(n_blocks * n_head * dk, 0.0);
                             unsafe { kernels::query_means(&per_head, i3, q_block, &mut self.qheads, n_threads) };
-                            best_head_scores(&self.qheads, &self.ckeys, n_head, nh, dk, &mut self.scores);
+                            if probed {
+                                self.probe.resize(n_blocks * n_head * nc, 0.0);
+                                unsafe {
+                                    kernels::probe_chunk_mass(
+                                        op,
+                                        i3,
+                                        &self.qheads,
+                                        &self.starts,
+                                        &mut self.probe,
+                                        n_threads,
+                                    )
+                                };
+                                probe_scores(&self.probe, &self.starts, n_head, nh, &mut self.scores);
+                            } else if cfg.head_score == HeadScore::Max {
+                                best_head_scores(&self.qheads, &self.ckeys, n_head, nh, dk, &mut self.scores);
+                            } else {
+                                mass_scores(
+                                    &self.qheads,
+                                    &self.ckeys,
+                                    &self.starts,
+                                    op.scale,
+                                    n_head,
+                                    nh,
+                                    dk,
+                                    &mut self.scores,
+                                );
+                            }
                         } else {
                             self.qmeans.resize(n_blocks * nh * dk, 0.0);
                             unsafe { kernels::query_means(op, i3, q_block, &mut self.qmeans, n_threads) };
                             kernels::chunk_scores(op, n_blocks, &self.qmeans, &self.ckeys, &mut self.scores, n_threads);
                         }
-                        if n_sel == 1 {
+                        if n_sel == 1 && mass_scored(cfg) {
+                            // log masses of the kv heads: add them in linear space
+                            for b in 0..n_blocks {
+                                let (first, rest) = self.scores[b * nh * nc..(b + 1) * nh * nc].split_at_mut(nc);
+                                for h in 1..nh {
+                                    first
+                                        .iter_mut()
+                                        .zip(&rest[(h - 1) * nc..h * nc])
+                                        .for_each(|(a, x)| *a = log_add(*a, *x));
+                                }
+                            }
+                        } else if n_sel == 1 {
                             // one selection for all heads: sum the kv heads' scores into the first
                             for b in 0..n_blocks {
                                 let (first, rest) = self.scores[b * nh * nc..(b + 1) * nh * nc].split_at_mut(nc);
@@ -276,8 +390,13 @@ impl Selector {
 
         // adaptive budget: estimated mass of a chunk = len * exp(scale * mean dot)
         let tau = cfg.tau as f64;
+        let mass = mass_scored(cfg);
         let est = |c: usize| -> f64 {
             let len = (starts[c + 1].min(hi + 1) - starts[c]).max(0) as f64;
+            if mass {
+                // the score is already the log mass per key
+                return (len.max(1.0)).ln() + scores[c] as f64;
+            }
             let norm = if sqrt_normalised(cfg) { len.sqrt().max(1.0) } else { 1.0 };
             let mean_dot = scores[c] as f64 / norm / heads_summed as f64;
             (len.max(1.0)).ln() + op.scale as f64 * mean_dot

@@ -41,9 +41,9 @@ pub fn main(cmd: Cmd, verbose: bool) -> Result<()> {
 /// Flags every eval command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
-    /// model: a GGUF path or a known name (smollm2, gemma3)
+    /// model: a GGUF path or a known name (smollm2, gemma3) [required]
     #[arg(short = 'm', long = "model")]
-    pub model: String,
+    pub model: Option<String>,
     /// modes to compare, comma-separated; a mode may carry settings after a colon, e.g.
     /// `dhsa:budget=1024,window=128` (a `key=value` item belongs to the mode before it)
     /// [default: dense,dhsa,block,streaming; recall: dhsa,block,streaming,oracle]
@@ -265,7 +265,9 @@ pub fn context<'m>(model: &'m Model, cfg: &Config, opts: &ContextOptions) -> Res
 /// Starts llama.cpp, loads the model named by `-m` and returns (path, identity, model).
 pub fn load(common: &Common, specs: &[ModeSpec], verbose: bool) -> Result<(PathBuf, String, Model)> {
     start(&specs[0].cfg, verbose)?;
-    let (path, model) = crate::session::load_model(&common.model, &Default::default())?;
+    let name =
+        common.model.as_deref().ok_or_else(|| anyhow!("give a model with -m (a GGUF path or smollm2, gemma3)"))?;
+    let (path, model) = crate::session::load_model(name, &Default::default())?;
     let id = model_id(&path)?;
     Ok((path, id, model))
 }

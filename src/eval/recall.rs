@@ -503,8 +503,12 @@ fn captured(dir: &Path, specs: &[ModeSpec], c: &Common) -> Result<Vec<Tally>> {
         };
         let mut sels = vec![];
         for (sel, spec) in selectors.iter_mut().zip(specs) {
-            // SAFETY: as above.
-            sels.push(unsafe { sel.select(&op, &spec.cfg, threads)? });
+            sels.push(if crate::engine::dense_layer(&spec.cfg, cap.meta.layer) {
+                None
+            } else {
+                // SAFETY: as above.
+                unsafe { sel.select(&op, &spec.cfg, threads)? }
+            });
         }
         let plans: Vec<Option<&Plan>> = sels.iter().map(|x| x.as_ref().map(|x| &x.plan)).collect();
         let mut last = vec![];
