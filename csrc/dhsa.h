@@ -79,8 +79,8 @@ int dhsa_attention(const dhsa_op *op, const dhsa_plan *plan, int n_threads, floa
 
 /* ---- selection kernels (csrc/select.c); i3 picks the sequence (dim 3) ---- */
 
-/* last[q] = index of the last key with a finite mask entry in query row q (-1: none; n_kv - 1
- * without a mask). Mask head 0 is read. */
+/* last[q] = index of the last key with a finite mask entry in query row q, over every mask head
+ * (-1: none; n_kv - 1 without a mask). */
 void dhsa_row_frontier(const dhsa_op *op, int64_t i3, int32_t *last, int n_threads);
 
 /* out[j], j < n: 1 - cos(mean of the head-averaged keys [j-w, j), mean of [j, j+w)); 0 at j = 0. */

@@ -42,13 +42,16 @@ static void axpy(float *y, const float *x, float a, int64_t n) {
 void dhsa_row_frontier(const dhsa_op *op, int64_t i3, int32_t *last, int n_threads) {
 #pragma omp parallel for num_threads(n_threads) schedule(static)
     for (int64_t q = 0; q < op->n_q; q++) {
-        int64_t j = op->n_kv - 1;
-        if (op->mask) {
-            const uint16_t *mp = (const uint16_t *)((const char *)op->mask + q * op->mask_nb1 +
+        int64_t best = op->mask ? -1 : op->n_kv - 1;
+        /* the latest key any head of this query sees (masks may differ per head) */
+        for (int64_t hm = 0; op->mask && hm < op->mask_ne2; hm++) {
+            const uint16_t *mp = (const uint16_t *)((const char *)op->mask + q * op->mask_nb1 + hm * op->mask_nb2 +
                                                     (i3 % op->mask_ne3) * op->mask_nb3);
-            while (j >= 0 && mp[j] == NEG_INF_F16) j--;
+            int64_t j = op->n_kv - 1;
+            while (j > best && mp[j] == NEG_INF_F16) j--;
+            if (j > best) best = j;
         }
-        last[q] = (int32_t)j;
+        last[q] = (int32_t)best;
     }
 }
 

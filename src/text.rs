@@ -60,7 +60,9 @@ pub fn filler(kind: Haystack, natural: &str, offset: usize, n: usize) -> String 
     let src: String = match kind {
         Haystack::Repeat => REPEAT_FILLER.repeat(n / REPEAT_FILLER.len() + 2),
         Haystack::Natural => {
-            let start = natural.char_indices().map(|(i, _)| i).find(|&i| i >= offset % natural.len()).unwrap_or(0);
+            // start at a line boundary at or after the offset
+            let from = offset % natural.len();
+            let start = natural[from..].find('\n').map_or(0, |i| from + i + 1);
             let mut s = natural[start..].to_string();
             while s.len() < n + 1 {
                 s.push_str("\n\n");
