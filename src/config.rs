@@ -161,6 +161,8 @@ pub struct Config {
     pub dense_layers: usize,
     /// dhsa: how the query heads of a group score a chunk
     pub head_score: HeadScore,
+    /// dhsa probe scores: mean queries per block (of q_block / probes queries each)
+    pub probes: usize,
     /// dhsa: how a chunk key is formed
     pub chunk_norm: ChunkNorm,
     /// write one `dhsa-stats {...}` line to stderr when a backend is freed
@@ -186,6 +188,7 @@ impl Default for Config {
             shared_heads: false,
             dense_layers: 0,
             head_score: HeadScore::Mean,
+            probes: 1,
             chunk_norm: ChunkNorm::Sqrt,
             stats: false,
         }
@@ -381,6 +384,16 @@ pub const KNOBS: &[Knob] = &[
             Ok(())
         },
         get: |c| format!("{:?}", c.head_score).to_lowercase(),
+    },
+    Knob {
+        var: "DHSA_PROBES",
+        about: "dhsa probe scores: probe queries per query block, each the mean of q_block / probes queries",
+        accepted: "1..=64",
+        set: |c, v| {
+            c.probes = int(v, 1, 64)?;
+            Ok(())
+        },
+        get: |c| c.probes.to_string(),
     },
     Knob {
         var: "DHSA_CHUNK_NORM",

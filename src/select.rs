@@ -88,17 +88,21 @@ fn mass_scored(cfg: &Config) -> bool {
 /// scores[block][kv head][chunk] = log mass per key of the chunk, summed over the kv head's query
 /// heads, from `probe` = [block][q head][chunk] unnormalised log masses of each head's probe query
 /// (each head's masses are normalised over the chunks first).
-fn probe_scores(probe: &[f32], starts: &[i32], n_head: usize, nh: usize, out: &mut [f32]) {
+/// With `per` probes per block (probe rows [block * per + k]), their masses add up.
+fn probe_scores(probe: &[f32], starts: &[i32], n_head: usize, nh: usize, per: usize, out: &mut [f32]) {
     let n_chunks = starts.len() - 1;
     let group = n_head / nh;
+    let n_probe_rows = probe.len() / (n_head * n_chunks);
     for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
         let (b, hk) = (i / nh, i % nh);
         row.fill(f32::NEG_INFINITY);
-        for h in hk * group..(hk + 1) * group {
-            let p = &probe[(b * n_head + h) * n_chunks..][..n_chunks];
-            let lse = p.iter().fold(f32::NEG_INFINITY, |a, &x| log_add(a, x));
-            for (o, &x) in row.iter_mut().zip(p) {
-                *o = log_add(*o, x - lse);
+        for pb in b * per..((b + 1) * per).min(n_probe_rows) {
+            for h in hk * group..(hk + 1) * group {
+                let p = &probe[(pb * n_head + h) * n_chunks..][..n_chunks];
+                let lse = p.iter().fold(f32::NEG_INFINITY, |a, &x| log_add(a, x));
+                for (o, &x) in row.iter_mut().zip(p) {
+                    *o = log_add(*o, x - lse);
+                }
             }
         }
         for (c, o) in row.iter_mut().enumerate() {
@@ -267,10 +271,13 @@ impl Selector {
                             let mut per_head = *op;
                             per_head.n_head_kv = op.n_head;
                             let n_head = op.n_head as usize;
-                            self.qheads.resize(n_blocks * n_head * dk, 0.0);
-                            unsafe { kernels::query_means(&per_head, i3, q_block, &mut self.qheads, n_threads) };
+                            // probe: `per` mean queries per block (of q_block / per queries each)
+                            let per = if probed && q_block.is_multiple_of(cfg.probes) { cfg.probes } else { 1 };
+                            let rows = n_q.div_ceil(q_block / per);
+                            self.qheads.resize(rows * n_head * dk, 0.0);
+                            unsafe { kernels::query_means(&per_head, i3, q_block / per, &mut self.qheads, n_threads) };
                             if probed {
-                                self.probe.resize(n_blocks * n_head * nc, 0.0);
+                                self.probe.resize(rows * n_head * nc, 0.0);
                                 unsafe {
                                     kernels::probe_chunk_mass(
                                         op,
@@ -281,7 +288,7 @@ impl Selector {
                                         n_threads,
                                     )
                                 };
-                                probe_scores(&self.probe, &self.starts, n_head, nh, &mut self.scores);
+                                probe_scores(&self.probe, &self.starts, n_head, nh, per, &mut self.scores);
                             } else if cfg.head_score == HeadScore::Max {
                                 best_head_scores(&self.qheads, &self.ckeys, n_head, nh, dk, &mut self.scores);
                             } else {

@@ -244,6 +244,9 @@ pub struct Args {
 pub struct Tally {
     pub heads: Vec<Vec<(f64, f64)>>,
     pub keys: (f64, f64),
+    /// captured ops only: per (query row, head), |sparse output - dense output| / |dense output|
+    #[serde(default, skip_serializing)]
+    pub out_err: Vec<f32>,
 }
 
 impl Tally {
@@ -283,6 +286,8 @@ struct ModeResult {
     mean: f64,
     /// share of the visible keys kept
     kept_keys: f64,
+    /// captured ops only: mean and 99th percentile of the attention output's relative error
+    out_err: Option<(f64, f64)>,
 }
 
 fn ratio(t: &(f64, f64)) -> f64 {
@@ -380,6 +385,12 @@ fn summarize(specs: &[ModeSpec], totals: &[Tally]) -> Vec<ModeResult> {
                 heads: t.heads.iter().map(|hs| hs.iter().map(ratio).collect()).collect(),
                 mean: ratio(&all),
                 kept_keys: ratio(&t.keys),
+                out_err: (!t.out_err.is_empty()).then(|| {
+                    let mut e = t.out_err.clone();
+                    e.sort_by(f32::total_cmp);
+                    let mean = e.iter().map(|&x| x as f64).sum::<f64>() / e.len() as f64;
+                    (mean, e[((e.len() as f64 * 0.99) as usize).min(e.len() - 1)] as f64)
+                }),
             }
         })
         .collect()
@@ -519,6 +530,25 @@ fn captured(dir: &Path, specs: &[ModeSpec], c: &Common) -> Result<Vec<Tally>> {
             last.push(l);
         }
         measure_op(&table, &plans, &last, layer, &mut tallies)?;
+        let dense_out = cap.op.dst.clone();
+        let s = cap.op.shape.clone();
+        let (mut scratch, mut counters) = (kernels::Scratch::default(), kernels::Counters::default());
+        for (t, plan) in tallies.iter_mut().zip(&plans) {
+            if plan.is_none() {
+                t.out_err.extend(std::iter::repeat_n(0.0, s.ne3 * s.n_q * s.n_head));
+                continue;
+            }
+            cap.op.run(*plan, threads, &mut scratch, &mut counters)?;
+            for (o, d) in cap.op.dst.chunks_exact(s.dv).zip(dense_out.chunks_exact(s.dv)) {
+                let (mut num, mut den) = (0f64, 0f64);
+                for (a, b) in o.iter().zip(d) {
+                    num += ((a - b) as f64).powi(2);
+                    den += (*b as f64).powi(2);
+                }
+                t.out_err.push((num.sqrt() / den.sqrt().max(1e-30)) as f32);
+            }
+        }
+        cap.op.dst = dense_out;
         if (i + 1) % 30 == 0 || i + 1 == files.len() {
             eprintln!("  {}/{} ops ({:.0} s)", i + 1, files.len(), t0.elapsed().as_secs_f64());
         }
@@ -537,15 +567,19 @@ fn print_results(a: &Args, results: &[ModeResult], specs: &[ModeSpec], about: &s
             .iter()
             .map(|r| {
                 let worst = r.layers.iter().copied().filter(|v| v.is_finite()).fold(1.0, f64::min);
+                let (em, e99) =
+                    r.out_err.map_or(("-".into(), "-".into()), |(m, p)| (format!("{m:.4}"), format!("{p:.4}")));
                 vec![
                     r.mode.clone(),
                     format!("{:.4}", r.mean),
                     format!("{worst:.4}"),
                     format!("{:.1}%", 100.0 * r.kept_keys),
+                    em,
+                    e99,
                 ]
             })
             .collect();
-        super::table(&["mode", "recall", "worst layer", "keys kept"], &rows)
+        super::table(&["mode", "recall", "worst layer", "keys kept", "output error", "output error p99"], &rows)
     } else {
         let mut header: Vec<String> = vec!["layer".into()];
         header.extend(results.iter().map(|r| r.mode.clone()));
