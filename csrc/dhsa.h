@@ -102,6 +102,14 @@ void dhsa_chunk_scores(const dhsa_op *op, int64_t n_blocks, int64_t n_chunks, co
  * normalised to 1), summed over the block's queries and the group's heads. Slow: a dense pass. */
 void dhsa_key_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t n_sel_groups, float *out, int n_threads);
 
+/* out[block][q head][chunk] = log sum_{j in chunk} exp(s_j), s_j = softcap(scale * probe . k_j): the
+ * log attention mass (unnormalised) that one probe query per block and q head, probes[block][q
+ * head][dk] (e.g. the head's mean query over the block), puts on each chunk [starts[c],
+ * starts[c+1]). Keys are not masked: callers pass chunks within the visible keys. -inf for an
+ * empty chunk. */
+void dhsa_probe_chunk_mass(const dhsa_op *op, int64_t i3, int64_t n_blocks, const float *probes, int64_t n_chunks,
+                           const int32_t *starts, float *out, int n_threads);
+
 /* Tile sizes, for tests and benchmarks. */
 int64_t dhsa_kv_tile(void);
 int64_t dhsa_q_tile(const dhsa_op *op, int64_t q_tile_limit);

@@ -6,7 +6,8 @@
  *   chunk keys     per kv head: chunk sum / sqrt(len) (length-normalised) or the chunk mean
  *   query means    per query block and kv head: mean over the block's queries and the group's heads
  *   chunk scores   query mean . chunk key
- *   key mass       exact softmax mass of each key, summed over a block's queries (oracle, recall) */
+ *   key mass       exact softmax mass of each key, summed over a block's queries (oracle, recall)
+ *   probe mass     log mass one probe query per block and head puts on each chunk (dhsa probe score) */
 #include "dhsa.h"
 #include "simd.h"
 
@@ -231,4 +232,51 @@ void dhsa_key_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t n_sel
         free(logit);
         free(acc);
     }
+}
+
+void dhsa_probe_chunk_mass(const dhsa_op *op, int64_t i3, int64_t n_blocks, const float *probes, int64_t n_chunks,
+                           const int32_t *starts, float *out, int n_threads) {
+    const int64_t dk = op->dk, nh = op->n_head, nhk = op->n_head_kv, g = nh / nhk;
+    const int64_t n = n_chunks > 0 ? starts[n_chunks] : 0; /* keys [0, n) are scored */
+    const float qscale = op->softcap != 0.0f ? op->scale / op->softcap : op->scale;
+    /* every kv head's keys once, as f32 */
+    float *kf = malloc(sizeof(float) * (size_t)(nhk * (n > 0 ? n : 1) * dk));
+    if (!kf) {
+        for (int64_t i = 0; i < n_blocks * nh * n_chunks; i++) out[i] = -INFINITY;
+        return;
+    }
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t i = 0; i < nhk * n; i++) {
+        const int64_t hk = i / n, j = i % n;
+        row_to_f32(op->k_type, k_row(op, i3, hk, j), kf + i * dk, dk);
+    }
+#pragma omp parallel num_threads(n_threads)
+    {
+        float *logit = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < n_blocks * nh; i++) {
+            const int64_t h = i % nh, hk = h / g;
+            const float *p = probes + i * dk, *kh = kf + hk * n * dk;
+            float *o = out + i * n_chunks;
+            if (!logit) {
+                for (int64_t c = 0; c < n_chunks; c++) o[c] = -INFINITY;
+                continue;
+            }
+            for (int64_t j = 0; j < n; j++) {
+                float s = dot(p, kh + j * dk, dk) * qscale;
+                if (op->softcap != 0.0f) s = op->softcap * tanhf(s);
+                logit[j] = s;
+            }
+            for (int64_t c = 0; c < n_chunks; c++) {
+                const int64_t a = starts[c], b = starts[c + 1];
+                float mx = -INFINITY;
+                for (int64_t j = a; j < b; j++) mx = logit[j] > mx ? logit[j] : mx;
+                float sum = 0.0f;
+                for (int64_t j = a; j < b; j++) sum += expf(logit[j] - mx);
+                o[c] = b > a ? mx + logf(sum) : -INFINITY;
+            }
+        }
+        free(logit);
+    }
+    free(kf);
 }

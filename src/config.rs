@@ -79,6 +79,56 @@ impl FromStr for Chunking {
     }
 }
 
+/// How the query heads of a kv-head group score a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeadScore {
+    /// the mean query of all the group's heads over the block, against the chunk key
+    Mean,
+    /// each head's mean query over the block against the chunk key; the group takes the best
+    Max,
+    /// the estimated attention mass per key: each head's softmax over the chunks (mean query .
+    /// mean key, times the op's scale, plus log length), summed over the group's heads
+    Mass,
+    /// each head's mean query over the block against every key (one probe query per block and
+    /// head): the attention mass it puts on each chunk, per key, summed over the group's heads
+    Probe,
+}
+
+impl FromStr for HeadScore {
+    type Err = String;
+    fn from_str(s: &str) -> Result<HeadScore, String> {
+        match s {
+            "mean" => Ok(HeadScore::Mean),
+            "max" => Ok(HeadScore::Max),
+            "mass" => Ok(HeadScore::Mass),
+            "probe" => Ok(HeadScore::Probe),
+            _ => Err("accepted values are mean, max, mass, probe".into()),
+        }
+    }
+}
+
+/// How a dhsa chunk key is formed from its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChunkNorm {
+    /// sum / sqrt(length): the paper's length-normalised chunk key
+    Sqrt,
+    /// the mean key (what block mode uses)
+    Mean,
+}
+
+impl FromStr for ChunkNorm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ChunkNorm, String> {
+        match s {
+            "sqrt" => Ok(ChunkNorm::Sqrt),
+            "mean" => Ok(ChunkNorm::Mean),
+            _ => Err("accepted values are sqrt, mean".into()),
+        }
+    }
+}
+
 /// Everything the plugin and the runner read. See `KNOBS` for meanings and defaults.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
@@ -107,6 +157,14 @@ pub struct Config {
     pub tau: f32,
     /// one selection for all heads (the paper) instead of one per kv-head group
     pub shared_heads: bool,
+    /// the first `dense_layers` layers of the model attend to every key (sparse modes)
+    pub dense_layers: usize,
+    /// dhsa: how the query heads of a group score a chunk
+    pub head_score: HeadScore,
+    /// dhsa probe scores: mean queries per block (of q_block / probes queries each)
+    pub probes: usize,
+    /// dhsa: how a chunk key is formed
+    pub chunk_norm: ChunkNorm,
     /// write one `dhsa-stats {...}` line to stderr when a backend is freed
     pub stats: bool,
 }
@@ -128,6 +186,10 @@ impl Default for Config {
             block_size: 64,
             tau: 0.0,
             shared_heads: false,
+            dense_layers: 0,
+            head_score: HeadScore::Mean,
+            probes: 1,
+            chunk_norm: ChunkNorm::Sqrt,
             stats: false,
         }
     }
@@ -302,6 +364,46 @@ pub const KNOBS: &[Knob] = &[
             Ok(())
         },
         get: |c| (c.shared_heads as u8).to_string(),
+    },
+    Knob {
+        var: "DHSA_DENSE_LAYERS",
+        about: "the first N layers attend to every key in every mode (layers whose attention is spread too thin for a budget)",
+        accepted: "0..=4096",
+        set: |c, v| {
+            c.dense_layers = int(v, 0, 4096)?;
+            Ok(())
+        },
+        get: |c| c.dense_layers.to_string(),
+    },
+    Knob {
+        var: "DHSA_HEAD_SCORE",
+        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean), the best of its heads (max), or the heads' estimated attention mass per key (mass), or the mass each head's mean query puts on the chunk's keys (probe)",
+        accepted: "mean, max, mass, probe",
+        set: |c, v| {
+            c.head_score = v.trim().parse()?;
+            Ok(())
+        },
+        get: |c| format!("{:?}", c.head_score).to_lowercase(),
+    },
+    Knob {
+        var: "DHSA_PROBES",
+        about: "dhsa probe scores: probe queries per query block, each the mean of q_block / probes queries",
+        accepted: "1..=64",
+        set: |c, v| {
+            c.probes = int(v, 1, 64)?;
+            Ok(())
+        },
+        get: |c| c.probes.to_string(),
+    },
+    Knob {
+        var: "DHSA_CHUNK_NORM",
+        about: "dhsa: chunk key = sum / sqrt(length) (sqrt, the paper's) or the mean key (mean)",
+        accepted: "sqrt, mean",
+        set: |c, v| {
+            c.chunk_norm = v.trim().parse()?;
+            Ok(())
+        },
+        get: |c| format!("{:?}", c.chunk_norm).to_lowercase(),
     },
     Knob {
         var: "DHSA_STATS",

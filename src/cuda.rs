@@ -3,7 +3,7 @@
 //! and computes an op whose pointers address that device's memory: selection and attention on the
 //! device, no host round trip between them.
 
-use crate::config::{Chunking, Config, Mode};
+use crate::config::{ChunkNorm, Chunking, Config, HeadScore, Mode};
 use crate::kernels::Op;
 use crate::kernels::ffi;
 use crate::stats::Stats;
@@ -39,6 +39,9 @@ pub fn select_params(cfg: &Config) -> Result<Select, &'static str> {
     };
     if cfg.tau > 0.0 && cfg.mode.is_sparse() {
         return Err("CUDA: the adaptive budget (DHSA_TAU > 0) runs on the CPU only");
+    }
+    if cfg.mode == Mode::Dhsa && (cfg.head_score != HeadScore::Mean || cfg.chunk_norm != ChunkNorm::Sqrt) {
+        return Err("CUDA: only the default dhsa scoring (DHSA_HEAD_SCORE=mean, DHSA_CHUNK_NORM=sqrt) runs on the GPU");
     }
     Ok(Select {
         mode: mode as i32,

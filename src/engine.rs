@@ -8,6 +8,11 @@ use crate::stats::Stats;
 use anyhow::Result;
 use std::time::Instant;
 
+/// Whether the op of model layer `layer` is computed densely whatever the mode (DHSA_DENSE_LAYERS).
+pub fn dense_layer(cfg: &Config, layer: Option<u32>) -> bool {
+    layer.is_some_and(|l| (l as usize) < cfg.dense_layers)
+}
+
 #[derive(Default)]
 pub struct CpuEngine {
     scratch: Scratch,
@@ -20,11 +25,25 @@ impl CpuEngine {
     /// # Safety
     /// `op`'s pointers must address valid tensors of the shapes it describes (see kernels::attention).
     pub unsafe fn compute(&mut self, op: &Op, cfg: &Config, n_threads: usize) -> Result<Stats> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.compute_at(op, cfg, n_threads, None) }
+    }
+
+    /// `compute` for the op of model layer `layer` (from the node name), which a probe installed
+    /// with `capture::set_hook` sees after the op is computed.
+    ///
+    /// # Safety
+    /// As for `compute`.
+    pub unsafe fn compute_at(&mut self, op: &Op, cfg: &Config, n_threads: usize, layer: Option<u32>) -> Result<Stats> {
         let mut st = Stats { ops: 1, ..Default::default() };
         let mut c = Counters::default();
         let t0 = Instant::now();
-        // SAFETY: forwarded from this function's contract.
-        let sel = unsafe { self.selector.select(op, cfg, n_threads)? };
+        let sel = if dense_layer(cfg, layer) {
+            None
+        } else {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.selector.select(op, cfg, n_threads)? }
+        };
         let t1 = Instant::now();
         match &sel {
             Some(s) if s.sparse_blocks > 0 => {
@@ -44,6 +63,7 @@ impl CpuEngine {
         st.attn_ms = t1.elapsed().as_secs_f64() * 1e3;
         st.keys_visible = c.keys_visible as u64;
         st.keys_attended = c.keys_attended as u64;
+        crate::capture::observe(layer, op, sel.as_ref().map(|s| &s.plan), cfg, n_threads);
         Ok(st)
     }
 

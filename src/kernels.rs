@@ -533,3 +533,30 @@ pub unsafe fn key_mass(op: &Op, i3: usize, q_block: usize, n_sel_groups: usize, 
         ffi::dhsa_key_mass(op, i3 as i64, q_block as i64, n_sel_groups as i64, out.as_mut_ptr(), n_threads as i32)
     }
 }
+
+/// Log attention mass that one probe query per (block, q head) puts on each chunk, unnormalised:
+/// out[block][q head][chunk] (see `dhsa_probe_chunk_mass`).
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn probe_chunk_mass(op: &Op, i3: usize, probes: &[f32], starts: &[i32], out: &mut [f32], n_threads: usize) {
+    let (nh, dk) = (op.n_head as usize, op.dk as usize);
+    let n_chunks = starts.len() - 1;
+    let n_blocks = probes.len() / (nh * dk);
+    assert_eq!(probes.len(), n_blocks * nh * dk);
+    assert_eq!(out.len(), n_blocks * nh * n_chunks);
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]) && starts[0] >= 0 && *starts.last().unwrap() as i64 <= op.n_kv);
+    // SAFETY: op valid (caller); starts ordered within [0, n_kv]; probes and out sized above.
+    unsafe {
+        ffi::dhsa_probe_chunk_mass(
+            op,
+            i3 as i64,
+            n_blocks as i64,
+            probes.as_ptr(),
+            n_chunks as i64,
+            starts.as_ptr(),
+            out.as_mut_ptr(),
+            n_threads as i32,
+        )
+    }
+}

@@ -4,10 +4,12 @@
 //! `libggml_dhsa.so` that a stock llama.cpp loads through `GGML_BACKEND_PATH`.
 
 pub mod bench;
+pub mod capture;
 pub mod config;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod engine;
+pub mod eval;
 pub mod ggml;
 pub mod gguf;
 pub mod kernels;
@@ -24,6 +26,7 @@ pub mod stats;
 pub use plugin::register;
 pub mod demo;
 pub mod ggml_fa;
+pub mod inspect;
 pub mod plot;
 pub mod run;
 pub mod select;

@@ -35,6 +35,12 @@ enum Cmd {
     /// Benchmarks
     #[command(subcommand)]
     Bench(dhsa::bench::Cmd),
+    /// Accuracy of the sparse modes: passkey grid, perplexity / KL divergence, attention recall
+    #[command(subcommand)]
+    Eval(dhsa::eval::Cmd),
+    /// Look inside: kept keys over the dense attention map; capture real attention ops
+    #[command(subcommand)]
+    Inspect(dhsa::inspect::Cmd),
 }
 
 #[derive(Subcommand)]
@@ -127,6 +133,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Cmd::Bench(c) => dhsa::bench::main(c, cli.verbose)?,
         Cmd::Models(ModelsCmd::Synth(a)) => dhsa::synth::main(a)?,
         Cmd::Demo(a) => dhsa::demo::main(*a, cli.verbose)?,
+        Cmd::Eval(c) => dhsa::eval::main(c, cli.verbose)?,
+        Cmd::Inspect(c) => dhsa::inspect::main(c, cli.verbose)?,
     }
     Ok(())
 }

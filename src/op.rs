@@ -138,9 +138,29 @@ pub fn engages(op: &Op, cfg: &Config) -> bool {
     op.n_q as usize >= cfg.min_queries && op.n_kv as usize >= cfg.min_keys
 }
 
-/// A layer index from a node name such as `__fattn__-12` (llama.cpp appends "-<layer>").
-pub fn layer_of(node: &sys::ggml_tensor) -> Option<u32> {
-    let name: Vec<u8> = node.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-    let name = String::from_utf8_lossy(&name);
-    name.rsplit('-').next()?.parse().ok()
+fn tensor_name(t: &sys::ggml_tensor) -> String {
+    let name: Vec<u8> = t.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&name).into_owned()
+}
+
+/// The model layer of an FA node. llama.cpp names graph tensors "<name>-<layer>" only where it
+/// calls its callback, which it does not for the FA node of the pinned tree ("node_21"); its
+/// sources carry the layer: K is a view of the cache tensor "cache_k_l<layer>", Q a view of
+/// "Qcur-<layer>". The node's own name is tried first, for trees that name it.
+///
+/// # Safety
+/// `node`'s non-null sources must point to valid ggml tensors.
+pub unsafe fn layer_of(node: &sys::ggml_tensor) -> Option<u32> {
+    let suffix = |s: &str| -> Option<u32> { s.split(' ').next()?.rsplit_once('-')?.1.parse().ok() };
+    if let Some(l) = suffix(&tensor_name(node)) {
+        return Some(l);
+    }
+    // SAFETY: non-null sources are valid tensors (caller's contract).
+    let (q, k) = unsafe { (node.src[0].as_ref(), node.src[1].as_ref()) };
+    let from_k = k.and_then(|k| {
+        let n = tensor_name(k);
+        let digits: String = n.strip_prefix("cache_k_l")?.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    });
+    from_k.or_else(|| q.and_then(|q| suffix(&tensor_name(q))))
 }

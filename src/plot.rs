@@ -159,3 +159,73 @@ pub fn heatmaps(
     root.present().with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
+
+/// One panel of `mask_panels`: per row of queries (None: not observed), the share of the row's
+/// dense attention mass in each key bin, and the share of each bin's keys that were kept.
+pub struct MaskPanel {
+    pub title: String,
+    pub mass: Vec<Option<Vec<f32>>>,
+    pub kept: Vec<Option<Vec<f32>>>,
+}
+
+/// Kept keys over the dense attention map, one panel per mode stacked vertically: x = key
+/// position, y = query position (down); blue = kept, red = dropped, darker = more mass (log scale).
+/// `geometry` = (context, keys per bin, queries per row).
+pub fn mask_panels(path: &Path, title: &str, geometry: (usize, usize, usize), panels: &[MaskPanel]) -> Result<()> {
+    ensure_font()?;
+    let (ctx, bin, g) = geometry;
+    let Some(first) = panels.first() else { bail!("nothing to plot") };
+    let n_rows = first.mass.len();
+    let row_px = (512 / n_rows.max(1)).max(1) as u32;
+    let n_bins = ctx.div_ceil(bin);
+    let (pw, ph) = (n_bins as u32 + 110, n_rows as u32 * row_px + 110);
+    let root = BitMapBackend::new(path, (pw, ph * panels.len() as u32 + 70)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let root = root.titled(title, (FONT, 20)).map_err(|e| anyhow!("{e}"))?;
+    let (legend, root) = root.split_vertically(24);
+    legend
+        .draw_text(
+            "blue: kept keys, red: dropped keys; darker = larger share of the row's dense attention mass (log scale 1e-5 .. 1)",
+            &(FONT, 14).into_text_style(&legend),
+            (60, 4),
+        )
+        .map_err(|e| anyhow!("{e}"))?;
+    let lerp = |a: (f64, f64, f64), b: (f64, f64, f64), t: f64| {
+        RGBColor((a.0 + (b.0 - a.0) * t) as u8, (a.1 + (b.1 - a.1) * t) as u8, (a.2 + (b.2 - a.2) * t) as u8)
+    };
+    for (area, p) in root.split_evenly((panels.len(), 1)).iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, (FONT, 16))
+            .margin(8)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0f64..(n_bins * bin) as f64, (n_rows * g) as f64..0f64)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .disable_mesh()
+            .x_desc("key position")
+            .y_desc("query position")
+            .label_style((FONT, 12))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        let cells = (0..n_rows).flat_map(|r| (0..n_bins).map(move |b| (r, b))).filter_map(|(r, b)| {
+            let m = *p.mass.get(r)?.as_ref()?.get(b)? as f64;
+            let k = *p.kept.get(r)?.as_ref()?.get(b)? as f64;
+            if m <= 0.0 && k <= 0.0 {
+                return None;
+            }
+            let t = ((m.max(1e-12).log10() + 5.0) / 5.0).clamp(0.0, 1.0);
+            let c = if k >= 0.5 {
+                lerp((220.0, 232.0, 255.0), (8.0, 40.0, 150.0), t)
+            } else {
+                lerp((255.0, 255.0, 255.0), (200.0, 15.0, 15.0), t)
+            };
+            let (x0, y0) = ((b * bin) as f64, (r * g) as f64);
+            Some(Rectangle::new([(x0, y0), (x0 + bin as f64, y0 + g as f64)], c.filled()))
+        });
+        chart.draw_series(cells).map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present().with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}

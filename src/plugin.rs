@@ -560,12 +560,14 @@ fn compute_fa(st: &mut State, node: &sys::ggml_tensor, slot: usize) -> anyhow::R
         anyhow::bail!("FA op with unallocated tensors");
     }
     let State { cfg, n_threads, engine, stats: s, mask_epoch, last_slot } = st;
+    // SAFETY: the node's sources are valid tensors (as above).
+    let layer = unsafe { op::layer_of(node) };
     // SAFETY: o was read from live, allocated tensors whose shapes and strides it copies; a
     // sidecar's tensors live in its CUDA device's buffers, except a host-side mask, which its
     // context copies to the device (and the context checks the others are device memory).
     let done = unsafe {
         match engine {
-            Engine::Cpu(e) => e.compute(&o, cfg, *n_threads)?,
+            Engine::Cpu(e) => e.compute_at(&o, cfg, *n_threads, layer)?,
             #[cfg(feature = "cuda")]
             Engine::Cuda(e) => {
                 // The host-side mask is a graph input: llama.cpp rewrites it before each graph, and
@@ -578,7 +580,12 @@ fn compute_fa(st: &mut State, node: &sys::ggml_tensor, slot: usize) -> anyhow::R
                 *last_slot = slot;
                 // llama.cpp's CUDA backend queued this op's inputs on its own stream
                 let flags = crate::cuda::Flags { sync_device: true, count_visible: cfg.stats, mask_epoch: *mask_epoch };
-                e.compute(&o, cfg, flags)?
+                if crate::engine::dense_layer(cfg, layer) {
+                    let dense = crate::config::Config { mode: crate::config::Mode::Dense, ..cfg.clone() };
+                    e.compute(&o, &dense, flags)?
+                } else {
+                    e.compute(&o, cfg, flags)?
+                }
             }
         }
     };

@@ -18,7 +18,7 @@
 //!      a block whose horizon fits the budget attends densely. oracle ranks single keys by their
 //!      exact softmax mass instead; streaming keeps only sink and window.
 
-use crate::config::{Chunking, Config, Mode};
+use crate::config::{ChunkNorm, Chunking, Config, HeadScore, Mode};
 use crate::kernels::{self, Op, Plan, Span};
 use anyhow::Result;
 
@@ -29,6 +29,8 @@ pub struct Selector {
     starts: Vec<i32>,
     ckeys: Vec<f32>,
     qmeans: Vec<f32>,
+    qheads: Vec<f32>,
+    probe: Vec<f32>,
     scores: Vec<f32>,
     mass: Vec<f32>,
     order: Vec<u32>,
@@ -70,6 +72,104 @@ pub fn fixed_chunks(n: usize, len: usize, starts: &mut Vec<i32>) {
     starts.clear();
     starts.extend((0..n).step_by(len.max(1)).map(|s| s as i32));
     starts.push(n as i32);
+}
+
+/// dhsa chunk keys are sum / sqrt(len) (the paper's) unless configured as means or scored by
+/// estimated mass (which needs the mean key); block's are means.
+fn sqrt_normalised(cfg: &Config) -> bool {
+    cfg.mode == Mode::Dhsa && cfg.chunk_norm == ChunkNorm::Sqrt && !mass_scored(cfg)
+}
+
+/// Scores that are log attention mass per key (combined across heads in linear space).
+fn mass_scored(cfg: &Config) -> bool {
+    cfg.mode == Mode::Dhsa && matches!(cfg.head_score, HeadScore::Mass | HeadScore::Probe)
+}
+
+/// scores[block][kv head][chunk] = log mass per key of the chunk, summed over the kv head's query
+/// heads, from `probe` = [block][q head][chunk] unnormalised log masses of each head's probe query
+/// (each head's masses are normalised over the chunks first).
+/// With `per` probes per block (probe rows [block * per + k]), their masses add up.
+fn probe_scores(probe: &[f32], starts: &[i32], n_head: usize, nh: usize, per: usize, out: &mut [f32]) {
+    let n_chunks = starts.len() - 1;
+    let group = n_head / nh;
+    let n_probe_rows = probe.len() / (n_head * n_chunks);
+    for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
+        let (b, hk) = (i / nh, i % nh);
+        row.fill(f32::NEG_INFINITY);
+        for pb in b * per..((b + 1) * per).min(n_probe_rows) {
+            for h in hk * group..(hk + 1) * group {
+                let p = &probe[(pb * n_head + h) * n_chunks..][..n_chunks];
+                let lse = p.iter().fold(f32::NEG_INFINITY, |a, &x| log_add(a, x));
+                for (o, &x) in row.iter_mut().zip(p) {
+                    *o = log_add(*o, x - lse);
+                }
+            }
+        }
+        for (c, o) in row.iter_mut().enumerate() {
+            *o -= ((starts[c + 1] - starts[c]).max(1) as f32).ln();
+        }
+    }
+}
+
+fn log_add(a: f32, b: f32) -> f32 {
+    let (hi, lo) = if a > b { (a, b) } else { (b, a) };
+    if lo == f32::NEG_INFINITY { hi } else { hi + (lo - hi).exp().ln_1p() }
+}
+
+/// scores[block][kv head][chunk] = log of the estimated attention mass per key of the chunk,
+/// summed over the kv head's query heads: head h's logit for chunk c is scale * (mean query .
+/// mean key) and its softmax runs over every chunk, each weighted by its length (so a head whose
+/// attention is spread thin counts less per chunk than a focused one).
+#[allow(clippy::too_many_arguments)]
+fn mass_scores(
+    qheads: &[f32],
+    ckeys: &[f32],
+    starts: &[i32],
+    scale: f32,
+    n_head: usize,
+    nh: usize,
+    dk: usize,
+    out: &mut [f32],
+) {
+    let n_chunks = ckeys.len() / (nh * dk);
+    let group = n_head / nh;
+    let mut logit = vec![0f32; n_chunks];
+    for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
+        let (b, hk) = (i / nh, i % nh);
+        row.fill(f32::NEG_INFINITY);
+        for h in hk * group..(hk + 1) * group {
+            let q = &qheads[(b * n_head + h) * dk..][..dk];
+            let mut lse = f32::NEG_INFINITY;
+            for (c, l) in logit.iter_mut().enumerate() {
+                let k = &ckeys[(c * nh + hk) * dk..][..dk];
+                *l = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+                let len = (starts[c + 1] - starts[c]).max(1) as f32;
+                lse = log_add(lse, *l + len.ln());
+            }
+            for (o, &l) in row.iter_mut().zip(&logit) {
+                *o = log_add(*o, l - lse);
+            }
+        }
+    }
+}
+
+/// scores[block][kv head][chunk] = the best, over the kv head's query heads, of that head's mean
+/// query . the chunk key. `qheads` is [block][q head][dk], `ckeys` [chunk][kv head][dk].
+fn best_head_scores(qheads: &[f32], ckeys: &[f32], n_head: usize, nh: usize, dk: usize, out: &mut [f32]) {
+    let n_chunks = ckeys.len() / (nh * dk);
+    let group = n_head / nh;
+    for (i, row) in out.chunks_exact_mut(n_chunks).enumerate() {
+        let (b, hk) = (i / nh, i % nh);
+        row.fill(f32::NEG_INFINITY);
+        for h in hk * group..(hk + 1) * group {
+            let q = &qheads[(b * n_head + h) * dk..][..dk];
+            for (c, o) in row.iter_mut().enumerate() {
+                let k = &ckeys[(c * nh + hk) * dk..][..dk];
+                let d: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
+                *o = o.max(d);
+            }
+        }
+    }
 }
 
 fn overlap(a: (i32, i32), b: (i32, i32)) -> i32 {
@@ -155,14 +255,71 @@ impl Selector {
                             segment(&self.bscore, cfg.chunk_min, cfg.chunk_max, &mut self.starts);
                         }
                         let nc = self.starts.len() - 1;
-                        self.ckeys.resize(nc * nh * dk, 0.0);
-                        let normalised = cfg.mode == Mode::Dhsa;
-                        unsafe { kernels::chunk_keys(op, i3, &self.starts, normalised, &mut self.ckeys, n_threads) };
-                        self.qmeans.resize(n_blocks * nh * dk, 0.0);
-                        unsafe { kernels::query_means(op, i3, q_block, &mut self.qmeans, n_threads) };
+                        let probed = cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Probe;
+                        if !probed {
+                            self.ckeys.resize(nc * nh * dk, 0.0);
+                            let normalised = sqrt_normalised(cfg);
+                            unsafe {
+                                kernels::chunk_keys(op, i3, &self.starts, normalised, &mut self.ckeys, n_threads)
+                            };
+                        }
                         self.scores.resize(n_blocks * nh * nc, 0.0);
-                        kernels::chunk_scores(op, n_blocks, &self.qmeans, &self.ckeys, &mut self.scores, n_threads);
-                        if n_sel == 1 {
+                        let per_head_scores = cfg.mode == Mode::Dhsa && cfg.head_score != HeadScore::Mean;
+                        if per_head_scores {
+                            // each query head's mean over the block: the op seen with one kv head
+                            // per query head (query_means reads only q)
+                            let mut per_head = *op;
+                            per_head.n_head_kv = op.n_head;
+                            let n_head = op.n_head as usize;
+                            // probe: `per` mean queries per block (of q_block / per queries each)
+                            let per = if probed && q_block.is_multiple_of(cfg.probes) { cfg.probes } else { 1 };
+                            let rows = n_q.div_ceil(q_block / per);
+                            self.qheads.resize(rows * n_head * dk, 0.0);
+                            unsafe { kernels::query_means(&per_head, i3, q_block / per, &mut self.qheads, n_threads) };
+                            if probed {
+                                self.probe.resize(rows * n_head * nc, 0.0);
+                                unsafe {
+                                    kernels::probe_chunk_mass(
+                                        op,
+                                        i3,
+                                        &self.qheads,
+                                        &self.starts,
+                                        &mut self.probe,
+                                        n_threads,
+                                    )
+                                };
+                                probe_scores(&self.probe, &self.starts, n_head, nh, per, &mut self.scores);
+                            } else if cfg.head_score == HeadScore::Max {
+                                best_head_scores(&self.qheads, &self.ckeys, n_head, nh, dk, &mut self.scores);
+                            } else {
+                                mass_scores(
+                                    &self.qheads,
+                                    &self.ckeys,
+                                    &self.starts,
+                                    op.scale,
+                                    n_head,
+                                    nh,
+                                    dk,
+                                    &mut self.scores,
+                                );
+                            }
+                        } else {
+                            self.qmeans.resize(n_blocks * nh * dk, 0.0);
+                            unsafe { kernels::query_means(op, i3, q_block, &mut self.qmeans, n_threads) };
+                            kernels::chunk_scores(op, n_blocks, &self.qmeans, &self.ckeys, &mut self.scores, n_threads);
+                        }
+                        if n_sel == 1 && mass_scored(cfg) {
+                            // log masses of the kv heads: add them in linear space
+                            for b in 0..n_blocks {
+                                let (first, rest) = self.scores[b * nh * nc..(b + 1) * nh * nc].split_at_mut(nc);
+                                for h in 1..nh {
+                                    first
+                                        .iter_mut()
+                                        .zip(&rest[(h - 1) * nc..h * nc])
+                                        .for_each(|(a, x)| *a = log_add(*a, *x));
+                                }
+                            }
+                        } else if n_sel == 1 {
                             // one selection for all heads: sum the kv heads' scores into the first
                             for b in 0..n_blocks {
                                 let (first, rest) = self.scores[b * nh * nc..(b + 1) * nh * nc].split_at_mut(nc);
@@ -265,9 +422,14 @@ impl Selector {
 
         // adaptive budget: estimated mass of a chunk = len * exp(scale * mean dot)
         let tau = cfg.tau as f64;
+        let mass = mass_scored(cfg);
         let est = |c: usize| -> f64 {
             let len = (starts[c + 1].min(hi + 1) - starts[c]).max(0) as f64;
-            let norm = if cfg.mode == Mode::Dhsa { len.sqrt().max(1.0) } else { 1.0 };
+            if mass {
+                // the score is already the log mass per key
+                return (len.max(1.0)).ln() + scores[c] as f64;
+            }
+            let norm = if sqrt_normalised(cfg) { len.sqrt().max(1.0) } else { 1.0 };
             let mean_dot = scores[c] as f64 / norm / heads_summed as f64;
             (len.max(1.0)).ln() + op.scale as f64 * mean_dot
         };
