@@ -457,6 +457,16 @@ impl Config {
         KNOBS.iter().find(|k| k.var == var).map(|k| (k.get)(self))
     }
 
+    /// The README table of every knob: variable, default, accepted values, meaning.
+    pub fn knob_table() -> String {
+        let d = Config::default();
+        let mut t = String::from("| variable | default | accepted | what |\n|---|---|---|---|\n");
+        for k in KNOBS {
+            t += &format!("| `{}` | `{}` | {} | {} |\n", k.var, (k.get)(&d), k.accepted, k.about);
+        }
+        t
+    }
+
     /// Cross-knob rules.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.chunk_min > self.chunk_max {

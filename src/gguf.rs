@@ -297,7 +297,12 @@ fn read_header(path: &Path) -> Result<Header, Problem> {
         return Err(Problem::Unreadable("it is a directory, not a GGUF file".into()));
     }
     let f = std::fs::File::open(path).map_err(|e| Problem::Unreadable(e.to_string()))?;
-    let mut s = Src { r: BufReader::with_capacity(1 << 20, f), pos: 0, len: meta.len() };
+    parse(BufReader::with_capacity(1 << 20, f), meta.len())
+}
+
+/// Parses the header and tensor table from `r`, which holds `len` bytes.
+fn parse<R: Read>(r: R, len: u64) -> Result<Header, Problem> {
+    let mut s = Src { r, pos: 0, len };
     let fail = |e: Fail| e.map_or(Problem::TruncatedHeader, Problem::Corrupt);
     match s.arr::<4>() {
         Ok(m) if &m == MAGIC => {}
@@ -350,17 +355,30 @@ pub fn read(path: &Path) -> Result<Header, Error> {
 pub fn check(path: &Path) -> Result<Header, Error> {
     let err = |problem| Error { path: path.display().to_string(), problem };
     let h = read(path)?;
+    validate(&h).map_err(err)?;
+    Ok(h)
+}
+
+/// `check` for a file held in memory (named `name` in errors).
+pub fn check_bytes(name: &str, bytes: &[u8]) -> Result<Header, Error> {
+    let err = |problem| Error { path: name.to_string(), problem };
+    let h = parse(bytes, bytes.len() as u64).map_err(err)?;
+    validate(&h).map_err(err)?;
+    Ok(h)
+}
+
+fn validate(h: &Header) -> Result<(), Problem> {
     for t in &h.tensors {
-        t.nbytes().map_err(|e| err(Problem::Corrupt(e.to_string())))?;
+        t.nbytes().map_err(|e| Problem::Corrupt(e.to_string()))?;
         if !t.offset.is_multiple_of(h.alignment) {
-            return Err(err(Problem::Corrupt(format!("tensor {} is not aligned", t.name))));
+            return Err(Problem::Corrupt(format!("tensor {} is not aligned", t.name)));
         }
     }
-    let need = h.data_end().map_err(|e| err(Problem::Corrupt(e.to_string())))?;
+    let need = h.data_end().map_err(|e| Problem::Corrupt(e.to_string()))?;
     if need > h.file_len {
-        return Err(err(Problem::TruncatedData { need, have: h.file_len }));
+        return Err(Problem::TruncatedData { need, have: h.file_len });
     }
-    Ok(h)
+    Ok(())
 }
 
 /// Builds a GGUF file: metadata and a tensor table, then the data, streamed by the caller.

@@ -350,7 +350,10 @@ unsafe extern "C" fn dev_supports_op(dev: sys::ggml_backend_dev_t, node: *const 
                 };
                 if let Some(why) = why {
                     let key = decline_key(node);
-                    if stats::note_declined(key.clone()) && cfg.stats {
+                    // small ops (decode, short prompts) are declined by design: only the others
+                    // are worth a line
+                    let small = why.starts_with("fewer queries");
+                    if stats::note_declined(key.clone()) && cfg.stats && !small {
                         // SAFETY: ggml calls device functions with our device.
                         let name = unsafe { device(dev) }.name.to_string_lossy();
                         eprintln!("dhsa: {name} declines {key}: {why}");

@@ -196,3 +196,10 @@ fn demo_runs_dense_and_dhsa_and_reports_the_speedup() {
     assert!(out.lines().any(|l| l.starts_with("| streaming |")), "{out}");
     assert!(out.contains("streaming prefill speedup: "), "{out}");
 }
+
+#[test]
+fn readme_lists_every_knob_with_its_default() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = ggml_dhsa::config::Config::knob_table();
+    assert!(readme.contains(&table), "README's knob table is out of date; it should read:\n{table}");
+}

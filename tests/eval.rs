@@ -186,7 +186,9 @@ fn on_smollm2_dense_gives_the_known_answers_and_sparse_modes_are_computed() {
         "--lengths",
         "2048",
         "--depths",
-        "0.2,0.6",
+        // cells where the dense model finds its key (at 0.2, 0.4 and 0.5 it answers with a
+        // definition from the haystack instead, dense or not: seed 1, measured 2026-11-23)
+        "0.3,0.6",
         "--fresh",
         "--modes",
         "dense,dhsa:budget=1024",

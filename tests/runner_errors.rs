@@ -81,15 +81,28 @@ fn ctrl_c_during_prefill_stops_cleanly() {
     let m = tiny_model();
     let d = TempDir::new("ctrlc");
     let f = d.path("prompt.txt");
-    // about 16K tokens: tens of seconds of prefill on two cores, while loading takes milliseconds
+    // about 16K tokens in dense mode (seconds of prefill on two cores), while loading takes
+    // milliseconds
     std::fs::write(&f, "The grass is green. The sky is blue. ".repeat(430)).unwrap();
     let mut child = dhsa()
-        .args(["run", "-m", m.to_str().unwrap(), "-f", f.to_str().unwrap(), "-n", "4", "-c", "16384"])
+        .args([
+            "run",
+            "-m",
+            m.to_str().unwrap(),
+            "-f",
+            f.to_str().unwrap(),
+            "-n",
+            "4",
+            "-c",
+            "16384",
+            "--mode",
+            "dense",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
     // SAFETY: signalling a child process we spawned and have not yet reaped.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
