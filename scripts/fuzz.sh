@@ -13,7 +13,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 # reuse the llama.cpp build of the main target dir (the fuzz crate has its own target dir)
 export DHSA_BUILD_CACHE="${DHSA_BUILD_CACHE:-$PWD/target/upstream}"
-cargo fuzz build -s none --release config gguf
+cargo fuzz build -s none --release
 key=$(cd "$DHSA_BUILD_CACHE" && ls -d */ | head -1)
 export LD_LIBRARY_PATH="$DHSA_BUILD_CACHE/${key%/}/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 

@@ -5,6 +5,7 @@
 #  3. every test in release mode
 #  4. the C kernels under ASan + UBSan (scripts/sanitize.sh)
 #  5. the CUDA kernels compile and link (--features cuda; no GPU is needed or used here)
+#  6. each cargo-fuzz target for a bounded time (scripts/fuzz.sh; DHSA_FUZZ_SECONDS, default 30)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CUDA_PATH="${CUDA_PATH:-$(bash scripts/install-cuda.sh --print-path)}"
@@ -25,4 +26,6 @@ step "C kernels under AddressSanitizer + UndefinedBehaviorSanitizer"
 bash scripts/sanitize.sh
 step "CUDA build (compile and link)"
 cargo build --release --features cuda --lib
+step "fuzzing (config, GGUF pre-validation)"
+bash scripts/fuzz.sh "${DHSA_FUZZ_SECONDS:-30}"
 echo "all checks passed"

@@ -374,6 +374,17 @@ fn validate(h: &Header) -> Result<(), Problem> {
             return Err(Problem::Corrupt(format!("tensor {} is not aligned", t.name)));
         }
     }
+    // llama.cpp asserts (aborts) on a vocabulary with a repeated token
+    if let Some(Value::Array(_, toks)) = h.get("tokenizer.ggml.tokens") {
+        let mut seen = std::collections::HashSet::with_capacity(toks.len());
+        for t in toks {
+            if let Value::Str(t) = t
+                && !seen.insert(t.as_str())
+            {
+                return Err(Problem::Corrupt(format!("tokenizer.ggml.tokens repeats the token {t:?}")));
+            }
+        }
+    }
     let need = h.data_end().map_err(|e| Problem::Corrupt(e.to_string()))?;
     if need > h.file_len {
         return Err(Problem::TruncatedData { need, have: h.file_len });

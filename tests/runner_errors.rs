@@ -57,6 +57,47 @@ fn truncated_gguf_header() {
 }
 
 #[test]
+fn empty_model_file() {
+    let d = TempDir::new("empty");
+    let m = d.path("model.gguf");
+    std::fs::write(&m, b"").unwrap();
+    assert_clean_error(&run(&["run", "-m", m.to_str().unwrap(), "-p", "hi", "-n", "1"]), "is not a GGUF model file");
+}
+
+#[test]
+fn bit_flipped_models_give_an_error_or_a_run_never_a_crash() {
+    // one bit flipped at a time, at spread positions of the header and tensor table (where a flip
+    // changes a count, a length, a type or an offset) and of the tensor data (where it only
+    // changes a weight): every run either works or ends with one clean error line
+    let src = std::fs::read(tiny_model()).unwrap();
+    let header_end = 4096.min(src.len());
+    let d = TempDir::new("bitflip");
+    let m = d.path("model.gguf");
+    let mut positions: Vec<usize> = (0..40).map(|i| 4 + i * (header_end - 4) / 40).collect();
+    positions.extend([src.len() / 2, src.len() - 1]);
+    let (mut errors, mut runs) = (0, 0);
+    for (i, &pos) in positions.iter().enumerate() {
+        let mut b = src.clone();
+        b[pos] ^= 1 << (i % 8);
+        std::fs::write(&m, &b).unwrap();
+        let o = run(&["run", "-m", m.to_str().unwrap(), "-p", "hi", "-n", "1", "-c", "256"]);
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "flip at byte {pos}: {err}");
+        match o.status.code() {
+            Some(0) => runs += 1,
+            Some(1) => {
+                errors += 1;
+                let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+                assert!(last.starts_with("error: "), "flip at byte {pos}: no error line: {err}");
+            }
+            c => panic!("flip at byte {pos}: exit {c:?} (a crash or a signal); stderr: {err}"),
+        }
+    }
+    eprintln!("{} flips: {errors} clean errors, {runs} runs", positions.len());
+    assert!(errors > 0 && runs > 0, "flips in the header must be caught, flips in the data must not be");
+}
+
+#[test]
 fn context_larger_than_the_model_allows() {
     let m = tiny_model();
     let m = m.to_str().unwrap();
