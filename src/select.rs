@@ -464,8 +464,9 @@ impl Selector {
                 let len = (starts[c + 1].min(hi + 1) - starts[c]).max(1);
                 have += (est(c) - amax).exp() * n as f64 / len as f64;
             }
-            // no further chunk fits once less room is left than the shortest chunk
-            if budget - used < min_len {
+            // a chunk cut by the sink, the window or the causal edge adds fewer keys than the
+            // shortest chunk, so only a full budget ends the search
+            if used >= budget {
                 break;
             }
         }
