@@ -110,6 +110,14 @@ void dhsa_key_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t n_sel
 void dhsa_probe_chunk_mass(const dhsa_op *op, int64_t i3, int64_t n_blocks, const float *probes, int64_t n_chunks,
                            const int32_t *starts, float *out, int n_threads);
 
+/* out[block][kv head][chunk] = log of the attention mass each chunk gets, summed over the block's
+ * query rows (every row_step-th) and the group's heads, when every row's softmax runs over chunk keys rather than keys:
+ * row q of head h gives chunk c the weight len_c * exp(softcap(scale * q . ckeys[c][kv head])),
+ * normalised over the chunks that start at or before last[q] (its last visible key). ckeys are
+ * the chunk mean keys. -inf for a chunk no row sees. */
+void dhsa_query_chunk_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t row_step, const int32_t *last, int64_t n_chunks,
+                           const int32_t *starts, const float *ckeys, float *out, int n_threads);
+
 /* Tile sizes, for tests and benchmarks. */
 int64_t dhsa_kv_tile(void);
 int64_t dhsa_q_tile(const dhsa_op *op, int64_t q_tile_limit);

@@ -7,7 +7,8 @@
  *   query means    per query block and kv head: mean over the block's queries and the group's heads
  *   chunk scores   query mean . chunk key
  *   key mass       exact softmax mass of each key, summed over a block's queries (oracle, recall)
- *   probe mass     log mass one probe query per block and head puts on each chunk (dhsa probe score) */
+ *   probe mass     log mass one probe query per block and head puts on each chunk (dhsa probe score)
+ *   rows mass      log mass every query row puts on each chunk, softmax over chunk mean keys (rows) */
 #include "dhsa.h"
 #include "simd.h"
 
@@ -279,4 +280,103 @@ void dhsa_probe_chunk_mass(const dhsa_op *op, int64_t i3, int64_t n_blocks, cons
         free(logit);
     }
     free(kf);
+}
+
+/* Chunks that start at or before key `last` (starts ascending). */
+static int64_t chunks_seen(const int32_t *starts, int64_t n_chunks, int32_t last) {
+    int64_t lo = 0, hi = n_chunks;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (starts[mid] <= last) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+#define QCM_ROWS 4 /* query rows scored together: each chunk key is loaded once for all of them */
+
+void dhsa_query_chunk_mass(const dhsa_op *op, int64_t i3, int64_t q_block, int64_t row_step, const int32_t *last,
+                           int64_t n_chunks, const int32_t *starts, const float *ckeys, float *out, int n_threads) {
+    const int64_t dk = op->dk, nhk = op->n_head_kv, g = op->n_head / op->n_head_kv;
+    const int64_t n_blocks = (op->n_q + q_block - 1) / q_block, dkv = dk / VL * VL;
+    const float qscale = op->softcap != 0.0f ? op->scale / op->softcap : op->scale;
+    const int64_t nc_alloc = n_chunks > 0 ? n_chunks : 1;
+#pragma omp parallel num_threads(n_threads) if (op->n_q / row_step * op->n_head * n_chunks * dk >= PAR_MIN_WORK)
+    {
+        float *logit = malloc(sizeof(float) * (size_t)(QCM_ROWS * nc_alloc));
+        float *lnlen = malloc(sizeof(float) * (size_t)nc_alloc);
+        const float **rq = malloc(sizeof(float *) * (size_t)(q_block * g));
+        int64_t *rnc = malloc(sizeof(int64_t) * (size_t)(q_block * g));
+        const int ok = logit && lnlen && rq && rnc;
+        for (int64_t c = 0; ok && c < n_chunks; c++) {
+            const int64_t len = starts[c + 1] - starts[c];
+            lnlen[c] = len > 0 ? logf((float)len) : -INFINITY;
+        }
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < n_blocks * nhk; i++) {
+            const int64_t b = i / nhk, hk = i % nhk;
+            float *o = out + i * n_chunks;
+            memset(o, 0, sizeof(float) * (size_t)n_chunks);
+            const int64_t q0 = b * q_block, q1 = imin(op->n_q, q0 + q_block);
+            /* the rows (query, head) that score, and how many chunks each sees */
+            int64_t nr = 0;
+            for (int64_t q = q0; ok && q < q1; q += row_step) {
+                const int64_t nc = chunks_seen(starts, n_chunks, last[q]);
+                for (int64_t h = hk * g; nc > 0 && h < (hk + 1) * g; h++, nr++) {
+                    rq[nr] = (const float *)(op->q + q * op->q_nb1 + h * op->q_nb2 + i3 * op->q_nb3);
+                    rnc[nr] = nc;
+                }
+            }
+            for (int64_t r0 = 0; r0 < nr; r0 += QCM_ROWS) {
+                const int64_t m = imin(QCM_ROWS, nr - r0);
+                const float *qr[QCM_ROWS];
+                int64_t ncm = 0;
+                for (int64_t r = 0; r < QCM_ROWS; r++) {
+                    qr[r] = rq[r0 + (r < m ? r : 0)];
+                    ncm = imax(ncm, rnc[r0 + (r < m ? r : 0)]);
+                }
+                for (int64_t c = 0; c < ncm; c++) {
+                    const float *k = ckeys + (c * nhk + hk) * dk;
+                    vf a[QCM_ROWS];
+                    for (int r = 0; r < QCM_ROWS; r++) a[r] = vf_zero();
+                    for (int64_t d = 0; d < dkv; d += VL) {
+                        const vf kv = vf_load(k + d);
+                        for (int r = 0; r < QCM_ROWS; r++) a[r] = vf_fma(vf_load(qr[r] + d), kv, a[r]);
+                    }
+                    for (int r = 0; r < QCM_ROWS; r++) {
+                        float s = vf_hsum(a[r]);
+                        for (int64_t d = dkv; d < dk; d++) s += qr[r][d] * k[d];
+                        s *= qscale;
+                        if (op->softcap != 0.0f) s = op->softcap * tanhf(s);
+                        logit[r * nc_alloc + c] = s + lnlen[c];
+                    }
+                }
+                for (int64_t r = 0; r < m; r++) {
+                    float *l = logit + r * nc_alloc;
+                    const int64_t nc = rnc[r0 + r];
+                    float mx = -INFINITY;
+                    for (int64_t c = 0; c < nc; c++) mx = l[c] > mx ? l[c] : mx;
+                    int64_t c = 0;
+                    vf vs = vf_zero();
+                    const vf vm = vf_set1(mx);
+                    for (; c + VL <= nc; c += VL) {
+                        const vf e = vf_exp(vf_sub(vf_load(l + c), vm));
+                        vf_store(l + c, e);
+                        vs = vf_add(vs, e);
+                    }
+                    float sum = vf_hsum(vs);
+                    for (; c < nc; c++) {
+                        l[c] = expf(l[c] - mx);
+                        sum += l[c];
+                    }
+                    axpy(o, l, 1.0f / sum, nc);
+                }
+            }
+            for (int64_t c = 0; c < n_chunks; c++) o[c] = o[c] > 0.0f ? logf(o[c]) : -INFINITY;
+        }
+        free(logit);
+        free(lnlen);
+        free(rq);
+        free(rnc);
+    }
 }

@@ -93,6 +93,9 @@ pub enum HeadScore {
     /// each head's mean query over the block against every key (one probe query per block and
     /// head): the attention mass it puts on each chunk, per key, summed over the group's heads
     Probe,
+    /// every query row's softmax over the chunk mean keys (weighted by length): the attention
+    /// mass it puts on each chunk, per key, summed over the block's rows and the group's heads
+    Rows,
 }
 
 impl FromStr for HeadScore {
@@ -103,7 +106,8 @@ impl FromStr for HeadScore {
             "max" => Ok(HeadScore::Max),
             "mass" => Ok(HeadScore::Mass),
             "probe" => Ok(HeadScore::Probe),
-            _ => Err("accepted values are mean, max, mass, probe".into()),
+            "rows" => Ok(HeadScore::Rows),
+            _ => Err("accepted values are mean, max, mass, probe, rows".into()),
         }
     }
 }
@@ -163,6 +167,8 @@ pub struct Config {
     pub head_score: HeadScore,
     /// dhsa probe scores: mean queries per block (of q_block / probes queries each)
     pub probes: usize,
+    /// dhsa rows scores: every `row_step`-th query row of a block scores the chunks
+    pub row_step: usize,
     /// dhsa: how a chunk key is formed
     pub chunk_norm: ChunkNorm,
     /// write one `dhsa-stats {...}` line to stderr when a backend is freed
@@ -189,6 +195,7 @@ impl Default for Config {
             dense_layers: 0,
             head_score: HeadScore::Mean,
             probes: 1,
+            row_step: 1,
             chunk_norm: ChunkNorm::Sqrt,
             stats: false,
         }
@@ -377,8 +384,8 @@ pub const KNOBS: &[Knob] = &[
     },
     Knob {
         var: "DHSA_HEAD_SCORE",
-        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean), the best of its heads (max), or the heads' estimated attention mass per key (mass), or the mass each head's mean query puts on the chunk's keys (probe)",
-        accepted: "mean, max, mass, probe",
+        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean), the best of its heads (max), or the heads' estimated attention mass per key (mass), or the mass each head's mean query puts on the chunk's keys (probe), or the mass every query row puts on the chunk when its softmax runs over chunk mean keys (rows)",
+        accepted: "mean, max, mass, probe, rows",
         set: |c, v| {
             c.head_score = v.trim().parse()?;
             Ok(())
@@ -394,6 +401,16 @@ pub const KNOBS: &[Knob] = &[
             Ok(())
         },
         get: |c| c.probes.to_string(),
+    },
+    Knob {
+        var: "DHSA_ROW_STEP",
+        about: "dhsa rows scores: every row_step-th query row of a block scores the chunks (1: every row)",
+        accepted: "1..=64",
+        set: |c, v| {
+            c.row_step = int(v, 1, 64)?;
+            Ok(())
+        },
+        get: |c| c.row_step.to_string(),
     },
     Knob {
         var: "DHSA_CHUNK_NORM",

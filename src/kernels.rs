@@ -560,3 +560,45 @@ pub unsafe fn probe_chunk_mass(op: &Op, i3: usize, probes: &[f32], starts: &[i32
         )
     }
 }
+
+/// Log attention mass per chunk when each query row's softmax runs over the chunk mean keys
+/// (weighted by length), summed over each block's rows and each kv group's heads:
+/// out[block][kv head][chunk] (see `dhsa_query_chunk_mass`), from every `row_step`-th row. `last` is
+/// every row's last visible key.
+///
+/// # Safety
+/// `op`\'s pointers must address valid tensors, as for [`attention`].
+pub unsafe fn query_chunk_mass(
+    op: &Op,
+    i3: usize,
+    q_block: usize,
+    row_step: usize,
+    last: &[i32],
+    starts: &[i32],
+    ckeys: &[f32],
+    out: &mut [f32],
+    n_threads: usize,
+) {
+    let (nh, dk) = (op.n_head_kv as usize, op.dk as usize);
+    let n_chunks = starts.len() - 1;
+    let n_blocks = (op.n_q as usize).div_ceil(q_block);
+    assert_eq!(last.len(), op.n_q as usize);
+    assert_eq!(ckeys.len(), n_chunks * nh * dk);
+    assert_eq!(out.len(), n_blocks * nh * n_chunks);
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]) && starts[0] >= 0);
+    // SAFETY: op valid (caller); last, ckeys and out sized above; starts ordered.
+    unsafe {
+        ffi::dhsa_query_chunk_mass(
+            op,
+            i3 as i64,
+            q_block as i64,
+            row_step.max(1) as i64,
+            last.as_ptr(),
+            n_chunks as i64,
+            starts.as_ptr(),
+            ckeys.as_ptr(),
+            out.as_mut_ptr(),
+            n_threads as i32,
+        )
+    }
+}

@@ -82,7 +82,7 @@ fn sqrt_normalised(cfg: &Config) -> bool {
 
 /// Scores that are log attention mass per key (combined across heads in linear space).
 fn mass_scored(cfg: &Config) -> bool {
-    cfg.mode == Mode::Dhsa && matches!(cfg.head_score, HeadScore::Mass | HeadScore::Probe)
+    cfg.mode == Mode::Dhsa && matches!(cfg.head_score, HeadScore::Mass | HeadScore::Probe | HeadScore::Rows)
 }
 
 /// scores[block][kv head][chunk] = log mass per key of the chunk, summed over the kv head's query
@@ -265,7 +265,27 @@ impl Selector {
                         }
                         self.scores.resize(n_blocks * nh * nc, 0.0);
                         let per_head_scores = cfg.mode == Mode::Dhsa && cfg.head_score != HeadScore::Mean;
-                        if per_head_scores {
+                        if cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Rows {
+                            unsafe {
+                                kernels::query_chunk_mass(
+                                    op,
+                                    i3,
+                                    q_block,
+                                    cfg.row_step,
+                                    &self.last,
+                                    &self.starts,
+                                    &self.ckeys,
+                                    &mut self.scores,
+                                    n_threads,
+                                )
+                            };
+                            // per key: minus the log length
+                            for row in self.scores.chunks_exact_mut(nc) {
+                                for (c, o) in row.iter_mut().enumerate() {
+                                    *o -= ((self.starts[c + 1] - self.starts[c]).max(1) as f32).ln();
+                                }
+                            }
+                        } else if per_head_scores {
                             // each query head's mean over the block: the op seen with one kv head
                             // per query head (query_means reads only q)
                             let mut per_head = *op;

@@ -175,3 +175,61 @@ fn key_mass_is_the_softmax_mass_summed_over_a_block() {
         }
     }
 }
+
+#[test]
+fn rows_chunk_mass_is_each_rows_softmax_over_chunk_keys_summed_over_a_block() {
+    let mut rng = Rng::fresh();
+    for row_step in [1, 3] {
+        let mut o = op(&mut rng, 200);
+        let s = o.shape.clone();
+        let raw = o.op();
+        let starts: Vec<i32> = vec![0, 5, 13, 40, 41, 90, 150, 200];
+        let nc = starts.len() - 1;
+        let mut ck = vec![0f32; nc * s.n_head_kv * s.dk];
+        // SAFETY: raw points into o's buffers (as for every kernel call below).
+        unsafe { kernels::chunk_keys(&raw, 0, &starts, false, &mut ck, 2) };
+        // rows see different numbers of chunks: last visible keys spread over [0, 200)
+        let last: Vec<i32> = (0..s.n_q).map(|q| (q * 199 / (s.n_q - 1)) as i32 - 3).collect();
+        let (qb, g) = (8, s.n_head / s.n_head_kv);
+        let nb = s.n_q.div_ceil(qb);
+        let mut got = vec![0f32; nb * s.n_head_kv * nc];
+        unsafe { kernels::query_chunk_mass(&raw, 0, qb, row_step, &last, &starts, &ck, &mut got, 2) };
+        let (scale, softcap) = (raw.scale as f64, raw.softcap as f64);
+        for b in 0..nb {
+            for hk in 0..s.n_head_kv {
+                let mut want = vec![0f64; nc];
+                for q in (b * qb..((b + 1) * qb).min(s.n_q)).step_by(row_step) {
+                    let seen = starts[..nc].iter().filter(|&&st| st <= last[q]).count();
+                    for h in hk * g..(hk + 1) * g {
+                        let qr = o.q_row(0, h, q);
+                        let l: Vec<f64> = (0..seen)
+                            .map(|c| {
+                                let k = &ck[(c * s.n_head_kv + hk) * s.dk..][..s.dk];
+                                let d: f64 = qr.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                                let x = if softcap != 0.0 { softcap * (scale * d / softcap).tanh() } else { scale * d };
+                                x + ((starts[c + 1] - starts[c]) as f64).ln()
+                            })
+                            .collect();
+                        let mx = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = l.iter().map(|x| (x - mx).exp()).sum();
+                        for c in 0..seen {
+                            want[c] += (l[c] - mx).exp() / z;
+                        }
+                    }
+                }
+                for c in 0..nc {
+                    let a = got[(b * s.n_head_kv + hk) * nc + c];
+                    if want[c] == 0.0 {
+                        assert_eq!(a, f32::NEG_INFINITY, "block {b} head {hk} chunk {c}: no row sees it");
+                    } else {
+                        assert!(
+                            (a as f64 - want[c].ln()).abs() <= 1e-4,
+                            "block {b} head {hk} chunk {c}: {a} vs {}",
+                            want[c].ln()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
