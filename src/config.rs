@@ -83,6 +83,8 @@ impl FromStr for Chunking {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeadScore {
+    /// rows where it is implemented (the CPU), mean on CUDA (whose kernels score with mean only)
+    Auto,
     /// the mean query of all the group's heads over the block, against the chunk key
     Mean,
     /// each head's mean query over the block against the chunk key; the group takes the best
@@ -98,16 +100,24 @@ pub enum HeadScore {
     Rows,
 }
 
+impl HeadScore {
+    /// The scoring the CPU selection runs (auto: rows).
+    pub fn on_cpu(self) -> HeadScore {
+        if self == HeadScore::Auto { HeadScore::Rows } else { self }
+    }
+}
+
 impl FromStr for HeadScore {
     type Err = String;
     fn from_str(s: &str) -> Result<HeadScore, String> {
         match s {
+            "auto" => Ok(HeadScore::Auto),
             "mean" => Ok(HeadScore::Mean),
             "max" => Ok(HeadScore::Max),
             "mass" => Ok(HeadScore::Mass),
             "probe" => Ok(HeadScore::Probe),
             "rows" => Ok(HeadScore::Rows),
-            _ => Err("accepted values are mean, max, mass, probe, rows".into()),
+            _ => Err("accepted values are auto, mean, max, mass, probe, rows".into()),
         }
     }
 }
@@ -193,7 +203,7 @@ impl Default for Config {
             tau: 0.0,
             shared_heads: false,
             dense_layers: 0,
-            head_score: HeadScore::Mean,
+            head_score: HeadScore::Auto,
             probes: 1,
             row_step: 1,
             chunk_norm: ChunkNorm::Sqrt,
@@ -384,8 +394,8 @@ pub const KNOBS: &[Knob] = &[
     },
     Knob {
         var: "DHSA_HEAD_SCORE",
-        about: "dhsa: chunk score of a kv-head group from the mean query of its heads (mean), the best of its heads (max), or the heads' estimated attention mass per key (mass), or the mass each head's mean query puts on the chunk's keys (probe), or the mass every query row puts on the chunk when its softmax runs over chunk mean keys (rows)",
-        accepted: "mean, max, mass, probe, rows",
+        about: "dhsa: chunk score of a kv-head group: rows on the CPU and mean on CUDA (auto), or from the mean query of its heads (mean, the paper's), the best of its heads (max), or the heads' estimated attention mass per key (mass), or the mass each head's mean query puts on the chunk's keys (probe), or the mass every query row puts on the chunk when its softmax runs over chunk mean keys (rows)",
+        accepted: "auto, mean, max, mass, probe, rows",
         set: |c, v| {
             c.head_score = v.trim().parse()?;
             Ok(())

@@ -40,8 +40,11 @@ pub fn select_params(cfg: &Config) -> Result<Select, &'static str> {
     if cfg.tau > 0.0 && cfg.mode.is_sparse() {
         return Err("CUDA: the adaptive budget (DHSA_TAU > 0) runs on the CPU only");
     }
-    if cfg.mode == Mode::Dhsa && (cfg.head_score != HeadScore::Mean || cfg.chunk_norm != ChunkNorm::Sqrt) {
-        return Err("CUDA: only the default dhsa scoring (DHSA_HEAD_SCORE=mean, DHSA_CHUNK_NORM=sqrt) runs on the GPU");
+    let mean_scored = matches!(cfg.head_score, HeadScore::Auto | HeadScore::Mean);
+    if cfg.mode == Mode::Dhsa && (!mean_scored || cfg.chunk_norm != ChunkNorm::Sqrt) {
+        return Err(
+            "CUDA: only mean dhsa scoring (DHSA_HEAD_SCORE=auto or mean, DHSA_CHUNK_NORM=sqrt) runs on the GPU",
+        );
     }
     Ok(Select {
         mode: mode as i32,

@@ -82,7 +82,7 @@ fn sqrt_normalised(cfg: &Config) -> bool {
 
 /// Scores that are log attention mass per key (combined across heads in linear space).
 fn mass_scored(cfg: &Config) -> bool {
-    cfg.mode == Mode::Dhsa && matches!(cfg.head_score, HeadScore::Mass | HeadScore::Probe | HeadScore::Rows)
+    cfg.mode == Mode::Dhsa && matches!(cfg.head_score.on_cpu(), HeadScore::Mass | HeadScore::Probe | HeadScore::Rows)
 }
 
 /// scores[block][kv head][chunk] = log mass per key of the chunk, summed over the kv head's query
@@ -255,7 +255,8 @@ impl Selector {
                             segment(&self.bscore, cfg.chunk_min, cfg.chunk_max, &mut self.starts);
                         }
                         let nc = self.starts.len() - 1;
-                        let probed = cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Probe;
+                        let head_score = cfg.head_score.on_cpu();
+                        let probed = cfg.mode == Mode::Dhsa && head_score == HeadScore::Probe;
                         if !probed {
                             self.ckeys.resize(nc * nh * dk, 0.0);
                             let normalised = sqrt_normalised(cfg);
@@ -264,8 +265,8 @@ impl Selector {
                             };
                         }
                         self.scores.resize(n_blocks * nh * nc, 0.0);
-                        let per_head_scores = cfg.mode == Mode::Dhsa && cfg.head_score != HeadScore::Mean;
-                        if cfg.mode == Mode::Dhsa && cfg.head_score == HeadScore::Rows {
+                        let per_head_scores = cfg.mode == Mode::Dhsa && head_score != HeadScore::Mean;
+                        if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows {
                             unsafe {
                                 kernels::query_chunk_mass(
                                     op,
@@ -309,7 +310,7 @@ impl Selector {
                                     )
                                 };
                                 probe_scores(&self.probe, &self.starts, n_head, nh, per, &mut self.scores);
-                            } else if cfg.head_score == HeadScore::Max {
+                            } else if head_score == HeadScore::Max {
                                 best_head_scores(&self.qheads, &self.ckeys, n_head, nh, dk, &mut self.scores);
                             } else {
                                 mass_scores(

@@ -14,7 +14,7 @@
 
 #![cfg(feature = "cuda")]
 
-use ggml_dhsa::config::{Chunking, Config, Mode};
+use ggml_dhsa::config::{Chunking, Config, HeadScore, Mode};
 use ggml_dhsa::cuda::{CudaEngine, Flags};
 use ggml_dhsa::ggml_fa::GgmlFa;
 use ggml_dhsa::kernels::{Counters, KvType, OwnedOp, Scratch, Shape};
@@ -105,8 +105,19 @@ fn dense_cuda_matches_the_f64_reference_and_the_cpu_kernel() {
     eprintln!("CUDA dense vs f64 reference, 120 random ops: worst rel-L2 {worst_l2:.3e}, worst elem {worst_max:.3e}");
 }
 
+/// The GPU scores dhsa chunks with mean queries (auto = mean there): the CPU reference must too.
 fn sparse_cfg(mode: Mode, chunking: Chunking, shared: bool) -> Config {
-    Config { mode, chunking, shared_heads: shared, budget: 512, q_block: 64, sink: 16, window: 64, ..Config::default() }
+    Config {
+        mode,
+        chunking,
+        shared_heads: shared,
+        budget: 512,
+        q_block: 64,
+        sink: 16,
+        window: 64,
+        head_score: HeadScore::Mean,
+        ..Config::default()
+    }
 }
 
 /// The CPU's key list of every (sequence, block, group), from its plan.

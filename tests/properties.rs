@@ -9,7 +9,7 @@
 //! 1000 cases per property by default; set DHSA_PROPTEST_CASES for more. Each test prints what it
 //! tried. Tolerance: 2e-5 (|x - ref| / (|ref| + 1)).
 
-use ggml_dhsa::config::{Chunking, Config, Mode};
+use ggml_dhsa::config::{Chunking, Config, HeadScore, Mode};
 use ggml_dhsa::kernels::{Counters, KvType, OwnedOp, Plan, Scratch, Shape};
 use ggml_dhsa::opgen::{MaskKind, random_op};
 use ggml_dhsa::reference;
@@ -188,6 +188,8 @@ fn sparse_config(mode: Mode, budget: usize, seed: u64) -> Config {
         boundary_window: *r.pick(&[1, 2, 4]),
         shared_heads: r.below(2) == 0,
         tau: *r.pick(&[0.0, 0.5, 0.95]),
+        head_score: *r.pick(&[HeadScore::Auto, HeadScore::Mean, HeadScore::Rows]),
+        row_step: *r.pick(&[1, 3]),
         ..Config::default()
     }
 }
