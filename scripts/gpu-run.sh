@@ -21,6 +21,9 @@
 # e2e:     writes the random Llama-3.1-8B-shaped Q4_0 model, runs stock llama-bench with and without
 #        the plugin at depths 65536 and 131072, `dhsa run -ngl 99` (which picks the sidecar itself),
 #        and the CPU kernel bench at 8K and 32K.
+# multi:   (two GPUs; not in all) -sm layer over DHSA-CUDA0 and DHSA-CUDA1: per-device stats, the
+#          same greedy text on one and on two GPUs, llama-bench with and without the plugin at
+#          DEPTHS (default 131072) on one and on two GPUs.
 # Results: OUT/*.json, OUT/*.png, logs, and OUT/summary.txt (also printed last).
 set -uo pipefail
 stage="$(cd "$(dirname "$0")/.." && pwd)"
@@ -143,13 +146,17 @@ for k, m in sorted(t.items(), key=lambda kv: -sum(kv[1]["gpu__time_duration.sum"
 EOF2
 }
 
-e2e() {
-  ensure_ggml_cuda || return 1
-  local model="$work/synth-8b-q4_0.gguf"
+model="$work/synth-8b-q4_0.gguf"
+synth_model() {
   if [ ! -e "$model" ]; then
     say "writing the random 8B-shaped Q4_0 model"
     PYTHONPATH="$stage/gguf-py" python3 "$stage/scripts/synth_model.py" "$model" >>"$log" 2>&1 || { echo "model write failed"; return 1; }
   fi
+}
+
+e2e() {
+  ensure_ggml_cuda || return 1
+  synth_model || return 1
   local lb=("$bin/llama-bench" -m "$model" -ngl 99 -fa 1 -ub 2048 -p 2048 -n 0 -d "${DEPTHS:-65536,131072}" -r "${REPS:-2}" -o json)
   say "llama-bench, stock (CUDA0)"
   "${lb[@]}" >"$work/lb-stock.json" 2>>"$log"
@@ -178,6 +185,60 @@ EOF
   "$stage/dhsa" bench kernels --backend cpu --kv 8192,32768 --modes dense,dhsa --reps 1 --json \
     >"$out/kernels-cpu.json" 2>>"$log"
   echo "exit $?" | tee -a "$log"
+}
+
+# multi: two GPUs, layers split (-sm layer): DHSA-CUDA0 and DHSA-CUDA1 each take the FA ops of the
+# layers on their GPU. Per-device stats, the same greedy answer on one and on two GPUs (dhsa run,
+# same mode), and stock llama-bench with and without the plugin at DEPTHS on one and on two GPUs.
+multi() {
+  ensure_ggml_cuda || return 1
+  local n
+  n=$(nvidia-smi -L 2>/dev/null | wc -l)
+  [ "$n" -ge 2 ] || { echo "multi: this machine has $n GPU(s); two are needed" | tee -a "$log"; return 1; }
+  synth_model || return 1
+  python3 -c 'import pydoc_data.topics as t; print("".join(t.topics.values())[:40000])' >"$work/prompt.txt"
+  local g
+  for g in 1 2; do
+    local vis=0; [ "$g" = 2 ] && vis=0,1
+    say "dhsa run on $g GPU(s) (CUDA_VISIBLE_DEVICES=$vis; sidecars picked by dhsa)"
+    CUDA_VISIBLE_DEVICES=$vis "$stage/dhsa" run -m "$model" -ngl 99 -f "$work/prompt.txt" -n 16 -ub 2048 -c 65536 \
+      --stats --json >"$out/run-${g}gpu.json" 2>"$work/run-${g}gpu.err"
+    echo "exit $?" | tee -a "$log"
+    cat "$work/run-${g}gpu.err" >>"$log"
+    grep "dhsa-stats" "$work/run-${g}gpu.err" | tee "$out/stats-${g}gpu.txt"
+  done
+  python3 - "$out/run-1gpu.json" "$out/run-2gpu.json" <<'EOF2' | tee -a "$log"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+print("same text on 1 and 2 GPUs:", a["text"] == b["text"], "| prefill s 1 GPU %.2f, 2 GPUs %.2f" % (a["timings"]["prefill_s"], b["timings"]["prefill_s"]))
+EOF2
+  local lb=("$bin/llama-bench" -m "$model" -ngl 99 -fa 1 -ub 2048 -p 2048 -n 0 -d "${DEPTHS:-131072}" -r "${REPS:-1}" -o json)
+  say "llama-bench, stock, one GPU"
+  "${lb[@]}" -dev CUDA0 >"$work/lb1-stock.json" 2>>"$log"; echo "exit $?" | tee -a "$log"
+  say "llama-bench, plugin, one GPU (-dev DHSA-CUDA0/CUDA0 -ts 0/1)"
+  GGML_BACKEND_PATH="$stage/libggml_dhsa.so" "${lb[@]}" -dev DHSA-CUDA0/CUDA0 -ts 0/1 >"$work/lb1-dhsa.json" 2>>"$log"
+  echo "exit $?" | tee -a "$log"
+  say "llama-bench, stock, two GPUs (-sm layer -dev CUDA0/CUDA1)"
+  "${lb[@]}" -sm layer -dev CUDA0/CUDA1 >"$work/lb2-stock.json" 2>>"$log"; echo "exit $?" | tee -a "$log"
+  say "llama-bench, plugin, two GPUs (-sm layer -dev DHSA-CUDA0/CUDA0/DHSA-CUDA1/CUDA1 -ts 0/1/0/1)"
+  GGML_BACKEND_PATH="$stage/libggml_dhsa.so" DHSA_STATS=1 "${lb[@]}" -sm layer -dev DHSA-CUDA0/CUDA0/DHSA-CUDA1/CUDA1 \
+    -ts 0/1/0/1 >"$work/lb2-dhsa.json" 2>"$work/lb2-dhsa.err"
+  echo "exit $?" | tee -a "$log"
+  cat "$work/lb2-dhsa.err" >>"$log"
+  grep "dhsa-stats" "$work/lb2-dhsa.err" | tee "$out/stats-llama-bench-2gpu.txt"
+  python3 - "$work" "$out/llama-bench-multi.json" <<'EOF2' | tee -a "$log"
+import json, os, sys
+w = sys.argv[1]
+runs = {k: json.load(open(os.path.join(w, k + ".json"))) for k in ["lb1-stock", "lb1-dhsa", "lb2-stock", "lb2-dhsa"]
+        if os.path.getsize(os.path.join(w, k + ".json")) > 0}
+json.dump(runs, open(sys.argv[2], "w"), indent=1)
+for g in ["1", "2"]:
+    s, d = runs.get(f"lb{g}-stock", []), runs.get(f"lb{g}-dhsa", [])
+    for x in s:
+        y = next((y for y in d if y["n_depth"] == x["n_depth"]), None)
+        if y:
+            print(f"{g} GPU(s) pp{x['n_prompt']} depth {x['n_depth']}: stock {x['avg_ts']:.0f} t/s, plugin {y['avg_ts']:.0f} t/s: {y['avg_ts'] / x['avg_ts']:.2f}x")
+EOF2
 }
 
 summary() {
@@ -210,8 +271,8 @@ EOF
 rc=0
 for p in ${phase//,/ }; do
   case "$p" in
-    build | check | kernels | profile | e2e) "$p" || { rc=1; break; } ;;
-    *) echo "usage: gpu-run.sh [build,check,kernels,profile,e2e | all]"; exit 2 ;;
+    build | check | kernels | profile | e2e | multi) "$p" || { rc=1; break; } ;;
+    *) echo "usage: gpu-run.sh [build,check,kernels,profile,e2e,multi | all]"; exit 2 ;;
   esac
 done
 summary

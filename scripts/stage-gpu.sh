@@ -6,6 +6,7 @@
 # GGML_CUDA_LIB=path/libggml-cuda.so[.xz] stages a CUDA backend built ahead (scripts/build-ggml-cuda.sh,
 # or a previous gpu-run's build phase);
 # without it the sources the CUDA build needs go along as llama-src.tar.xz.
+# CARGO_TARGET_DIR builds elsewhere than target/ (e.g. while tests use target/release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stage="$1"
@@ -17,13 +18,14 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
         print(m["executable"])')
-upstream_bin="${UPSTREAM_BIN:-$(ls -d "${DHSA_BUILD_CACHE:-target/upstream}"/*/bin | head -1)}"
+upstream_bin="${UPSTREAM_BIN:-$(ls -d "${DHSA_BUILD_CACHE:-${CARGO_TARGET_DIR:-target}/upstream}"/*/bin | head -1)}"
 src=$(grep -m1 -o '/[^"]*llama.cpp-llama-cpp-python[^"/]*' "$upstream_bin/../CMakeCache.txt")
 
 rm -rf "$stage"
 mkdir -p "$stage/bin" "$stage/scripts"
 cp -a "$upstream_bin"/lib*.so* "$upstream_bin/llama-bench" "$upstream_bin/test-backend-ops" "$stage/bin/"
-cp target/release/dhsa target/release/libggml_dhsa.so "$stage/"
+tdir="${CARGO_TARGET_DIR:-target}"
+cp "$tdir/release/dhsa" "$tdir/release/libggml_dhsa.so" "$stage/"
 cp "$test_bin" "$stage/test-cuda"
 strip --strip-debug "$stage/dhsa" "$stage/libggml_dhsa.so" "$stage/test-cuda" "$stage"/bin/*
 cp scripts/gpu-run.sh scripts/build-ggml-cuda.sh scripts/synth_model.py "$stage/scripts/"

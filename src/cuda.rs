@@ -157,6 +157,7 @@ impl CudaEngine {
             keys_attended: res.keys_attended as u64,
             select_ms: res.select_ms as f64,
             attn_ms: res.attn_ms as f64,
+            ..Default::default()
         })
     }
 

@@ -568,6 +568,7 @@ pub unsafe fn probe_chunk_mass(op: &Op, i3: usize, probes: &[f32], starts: &[i32
 ///
 /// # Safety
 /// `op`\'s pointers must address valid tensors, as for [`attention`].
+#[allow(clippy::too_many_arguments)] // the C kernel's parameters, each a distinct input
 pub unsafe fn query_chunk_mass(
     op: &Op,
     i3: usize,

@@ -502,6 +502,8 @@ unsafe extern "C" fn backend_free(b: sys::ggml_backend_t) {
         if st.cfg.stats {
             let mut s = st.stats.clone();
             s.declined = stats::declined();
+            // SAFETY: the backend's device is one of ours, alive for the registry's lifetime.
+            s.device = unsafe { device(boxed.backend.device) }.name.to_string_lossy().into_owned();
             eprintln!("{}", s.line());
         }
     })

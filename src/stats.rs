@@ -6,6 +6,9 @@ use std::sync::Mutex;
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
+    /// the plugin device whose backend counted these (DHSA, DHSA-CUDA<i>); empty for totals
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device: String,
     /// FA ops computed
     pub ops: u64,
     /// of those, computed sparsely (a selection was made)
@@ -41,7 +44,8 @@ impl Stats {
     /// The line written to stderr.
     pub fn line(&self) -> String {
         format!(
-            "dhsa-stats {{\"ops\":{},\"sparse_ops\":{},\"dense_ops\":{},\"declined\":{},\"keys_visible\":{},\"keys_attended\":{},\"select_ms\":{:.3},\"attn_ms\":{:.3},\"kept\":{:.5}}}",
+            "dhsa-stats {{\"device\":{},\"ops\":{},\"sparse_ops\":{},\"dense_ops\":{},\"declined\":{},\"keys_visible\":{},\"keys_attended\":{},\"select_ms\":{:.3},\"attn_ms\":{:.3},\"kept\":{:.5}}}",
+            serde_json::to_string(&self.device).unwrap_or_default(),
             self.ops,
             self.sparse_ops,
             self.dense_ops,
@@ -61,6 +65,7 @@ impl Stats {
 }
 
 static TOTAL: Mutex<Stats> = Mutex::new(Stats {
+    device: String::new(),
     ops: 0,
     sparse_ops: 0,
     dense_ops: 0,
