@@ -105,9 +105,14 @@ fn probe_scores(probe: &[f32], starts: &[i32], n_head: usize, nh: usize, per: us
                 }
             }
         }
-        for (c, o) in row.iter_mut().enumerate() {
-            *o -= ((starts[c + 1] - starts[c]).max(1) as f32).ln();
-        }
+        per_key(row, starts);
+    }
+}
+
+/// A row of log masses per chunk to log masses per key (minus each chunk's log length).
+fn per_key(row: &mut [f32], starts: &[i32]) {
+    for (c, o) in row.iter_mut().enumerate() {
+        *o -= ((starts[c + 1] - starts[c]).max(1) as f32).ln();
     }
 }
 
@@ -280,11 +285,8 @@ impl Selector {
                                     n_threads,
                                 )
                             };
-                            // per key: minus the log length
                             for row in self.scores.chunks_exact_mut(nc) {
-                                for (c, o) in row.iter_mut().enumerate() {
-                                    *o -= ((self.starts[c + 1] - self.starts[c]).max(1) as f32).ln();
-                                }
+                                per_key(row, &self.starts);
                             }
                         } else if per_head_scores {
                             // each query head's mean over the block: the op seen with one kv head
