@@ -161,7 +161,7 @@ pub extern "C" fn ggml_backend_init() -> sys::ggml_backend_reg_t {
     match catch_unwind(plugin) {
         Ok(Ok(p)) => p.reg.ptr(),
         Ok(Err(e)) => {
-            eprintln!("{e}");
+            stats::write_line(&e.to_string());
             std::ptr::null_mut()
         }
         Err(_) => std::ptr::null_mut(),
@@ -356,7 +356,7 @@ unsafe extern "C" fn dev_supports_op(dev: sys::ggml_backend_dev_t, node: *const 
                     if stats::note_declined(key.clone()) && cfg.stats && !small {
                         // SAFETY: ggml calls device functions with our device.
                         let name = unsafe { device(dev) }.name.to_string_lossy();
-                        eprintln!("dhsa: {name} declines {key}: {why}");
+                        stats::write_line(&format!("dhsa: {name} declines {key}: {why}"));
                     }
                 }
                 why.is_none()
@@ -389,7 +389,7 @@ unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *co
         let cfg = match config::current() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("dhsa: {e}");
+                stats::write_line(&format!("dhsa: {e}"));
                 return std::ptr::null_mut();
             }
         };
@@ -400,7 +400,7 @@ unsafe extern "C" fn dev_init_backend(dev: sys::ggml_backend_dev_t, _params: *co
             Target::Cuda(i) => match crate::cuda::CudaEngine::new(i) {
                 Ok(e) => Engine::Cuda(e),
                 Err(e) => {
-                    eprintln!("dhsa: {e}");
+                    stats::write_line(&format!("dhsa: {e}"));
                     return std::ptr::null_mut();
                 }
             },
@@ -504,7 +504,7 @@ unsafe extern "C" fn backend_free(b: sys::ggml_backend_t) {
             s.declined = stats::declined();
             // SAFETY: the backend's device is one of ours, alive for the registry's lifetime.
             s.device = unsafe { device(boxed.backend.device) }.name.to_string_lossy().into_owned();
-            eprintln!("{}", s.line());
+            stats::write_line(&s.line());
         }
     })
 }
@@ -542,12 +542,12 @@ unsafe extern "C" fn backend_graph_compute(b: sys::ggml_backend_t, graph: *mut s
                     // SAFETY: i < n_nodes indexes the graph's node array.
                     let slot = unsafe { sys::ggml_graph_nodes(graph).add(i as usize) } as usize;
                     if let Err(e) = compute_fa(&mut st, node, slot) {
-                        eprintln!("dhsa: {e}");
+                        stats::write_line(&format!("dhsa: {e}"));
                         return sys::GGML_STATUS_FAILED;
                     }
                 }
                 _ => {
-                    eprintln!("dhsa: asked to compute an op it never claimed (ggml op {})", node.op);
+                    stats::write_line(&format!("dhsa: asked to compute an op it never claimed (ggml op {})", node.op));
                     return sys::GGML_STATUS_FAILED;
                 }
             }

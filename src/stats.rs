@@ -58,9 +58,47 @@ impl Stats {
         )
     }
 
-    /// Parses a `dhsa-stats {...}` line (tests read the plugin's stderr with this).
+    /// Parses a `dhsa-stats {...}` line (tests read the plugin's stderr with this). The record
+    /// may follow other text on the same line: llama.cpp's log thread writes to the same stderr
+    /// and can leave a line unfinished when the plugin writes its own.
     pub fn parse_line(line: &str) -> Option<Stats> {
-        serde_json::from_str(line.trim().strip_prefix("dhsa-stats ")?).ok()
+        let at = line.find("dhsa-stats {")?;
+        let json = &line[at + "dhsa-stats ".len()..];
+        let end = json.find('}')?;
+        serde_json::from_str(&json[..=end]).ok()
+    }
+}
+
+/// Writes one line to stderr with a single write: `eprintln!` writes each formatted piece
+/// separately, and llama.cpp's log thread, writing to the same stderr, can land in between.
+pub fn write_line(line: &str) {
+    use std::io::Write;
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    #[test]
+    fn a_stats_line_parses_after_other_text_and_before_more() {
+        let s = Stats {
+            device: "DHSA".into(),
+            ops: 7,
+            dense_ops: 7,
+            keys_visible: 10,
+            keys_attended: 10,
+            ..Default::default()
+        };
+        let line = s.line();
+        assert_eq!(Stats::parse_line(&line), Some(s.clone()));
+        assert_eq!(Stats::parse_line(&format!("0.11.97 I common_perf_print: {line}")), Some(s.clone()));
+        assert_eq!(Stats::parse_line(&format!("{line}0.11.97 I llama_perf")), Some(s));
+        assert_eq!(Stats::parse_line("dhsa-stats {\"ops\":"), None);
+        assert_eq!(Stats::parse_line("no record here"), None);
     }
 }
 

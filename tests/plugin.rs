@@ -136,7 +136,7 @@ fn llama_completion_gives_the_same_answer_with_the_plugin() {
     assert_eq!(stdout(&plug), stdout(&stock));
     let s = stats_lines(&plug);
     let ops: u64 = s.iter().map(|s| s.ops).sum();
-    assert!(ops > 0, "the plugin computed no FA op: {s:?}");
+    assert!(ops > 0, "the plugin computed no FA op: {s:?}\nstderr ends: {}", tail(&stderr(&plug), 3000));
     assert!(s.iter().all(|s| s.keys_attended == s.keys_visible), "dense mode attends every visible key");
 
     // The same through dhsa run (the plugin registered in-process).

@@ -48,6 +48,15 @@ pub fn stderr(o: &Output) -> String {
 }
 
 /// The dhsa-stats lines a process printed.
+/// The last `n` bytes of `s` (from a char boundary), for failure messages.
+pub fn tail(s: &str, n: usize) -> &str {
+    let mut at = s.len().saturating_sub(n);
+    while !s.is_char_boundary(at) {
+        at += 1;
+    }
+    &s[at..]
+}
+
 pub fn stats_lines(o: &Output) -> Vec<ggml_dhsa::stats::Stats> {
     stderr(o).lines().filter_map(ggml_dhsa::stats::Stats::parse_line).collect()
 }
