@@ -47,7 +47,6 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The dhsa-stats lines a process printed.
 /// The last `n` bytes of `s` (from a char boundary), for failure messages.
 pub fn tail(s: &str, n: usize) -> &str {
     let mut at = s.len().saturating_sub(n);
@@ -57,6 +56,7 @@ pub fn tail(s: &str, n: usize) -> &str {
     &s[at..]
 }
 
+/// The dhsa-stats lines a process printed.
 pub fn stats_lines(o: &Output) -> Vec<ggml_dhsa::stats::Stats> {
     stderr(o).lines().filter_map(ggml_dhsa::stats::Stats::parse_line).collect()
 }
