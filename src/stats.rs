@@ -79,29 +79,6 @@ pub fn write_line(line: &str) {
     let _ = std::io::stderr().lock().write_all(buf.as_bytes());
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Stats;
-
-    #[test]
-    fn a_stats_line_parses_after_other_text_and_before_more() {
-        let s = Stats {
-            device: "DHSA".into(),
-            ops: 7,
-            dense_ops: 7,
-            keys_visible: 10,
-            keys_attended: 10,
-            ..Default::default()
-        };
-        let line = s.line();
-        assert_eq!(Stats::parse_line(&line), Some(s.clone()));
-        assert_eq!(Stats::parse_line(&format!("0.11.97 I common_perf_print: {line}")), Some(s.clone()));
-        assert_eq!(Stats::parse_line(&format!("{line}0.11.97 I llama_perf")), Some(s));
-        assert_eq!(Stats::parse_line("dhsa-stats {\"ops\":"), None);
-        assert_eq!(Stats::parse_line("no record here"), None);
-    }
-}
-
 static TOTAL: Mutex<Stats> = Mutex::new(Stats {
     device: String::new(),
     ops: 0,
@@ -141,4 +118,27 @@ pub fn note_declined(key: String) -> bool {
 
 pub fn declined() -> u64 {
     DECLINED.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map_or(0, |s| s.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    #[test]
+    fn a_stats_line_parses_after_other_text_and_before_more() {
+        let s = Stats {
+            device: "DHSA".into(),
+            ops: 7,
+            dense_ops: 7,
+            keys_visible: 10,
+            keys_attended: 10,
+            ..Default::default()
+        };
+        let line = s.line();
+        assert_eq!(Stats::parse_line(&line), Some(s.clone()));
+        assert_eq!(Stats::parse_line(&format!("0.11.97 I common_perf_print: {line}")), Some(s.clone()));
+        assert_eq!(Stats::parse_line(&format!("{line}0.11.97 I llama_perf")), Some(s));
+        assert_eq!(Stats::parse_line("dhsa-stats {\"ops\":"), None);
+        assert_eq!(Stats::parse_line("no record here"), None);
+    }
 }
