@@ -179,6 +179,8 @@ pub struct Config {
     pub probes: usize,
     /// dhsa rows scores: every `row_step`-th query row of a block scores the chunks
     pub row_step: usize,
+    /// dhsa rows scores: keys per scored piece of a chunk (0: the whole chunk)
+    pub row_pool: usize,
     /// dhsa: how a chunk key is formed
     pub chunk_norm: ChunkNorm,
     /// write one `dhsa-stats {...}` line to stderr when a backend is freed
@@ -206,6 +208,7 @@ impl Default for Config {
             head_score: HeadScore::Auto,
             probes: 1,
             row_step: 1,
+            row_pool: 0,
             chunk_norm: ChunkNorm::Sqrt,
             stats: false,
         }
@@ -421,6 +424,16 @@ pub const KNOBS: &[Knob] = &[
             Ok(())
         },
         get: |c| c.row_step.to_string(),
+    },
+    Knob {
+        var: "DHSA_ROW_POOL",
+        about: "dhsa rows scores: the rows score pieces of at most this many keys of each chunk, a chunk gets the mass of its pieces (0: whole chunks; finer is more accurate and slower)",
+        accepted: "0..=4096",
+        set: |c, v| {
+            c.row_pool = int(v, 0, 4096)?;
+            Ok(())
+        },
+        get: |c| c.row_pool.to_string(),
     },
     Knob {
         var: "DHSA_CHUNK_NORM",

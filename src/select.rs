@@ -28,6 +28,10 @@ pub struct Selector {
     bscore: Vec<f32>,
     starts: Vec<i32>,
     ckeys: Vec<f32>,
+    pieces: Vec<i32>,
+    owner: Vec<u32>,
+    pkeys: Vec<f32>,
+    pscores: Vec<f32>,
     qmeans: Vec<f32>,
     qheads: Vec<f32>,
     probe: Vec<f32>,
@@ -113,6 +117,35 @@ fn probe_scores(probe: &[f32], starts: &[i32], n_head: usize, nh: usize, per: us
 fn per_key(row: &mut [f32], starts: &[i32]) {
     for (c, o) in row.iter_mut().enumerate() {
         *o -= ((starts[c + 1] - starts[c]).max(1) as f32).ln();
+    }
+}
+
+/// Splits every chunk into consecutive pieces of at most `pool` keys: `pieces` are their starts
+/// (and the end), `owner[p]` the chunk of piece p.
+pub fn split_pieces(starts: &[i32], pool: usize, pieces: &mut Vec<i32>, owner: &mut Vec<u32>) {
+    pieces.clear();
+    owner.clear();
+    pieces.push(starts[0]);
+    for (c, w) in starts.windows(2).enumerate() {
+        let mut at = w[0];
+        while at < w[1] {
+            at = (at + pool as i32).min(w[1]);
+            pieces.push(at);
+            owner.push(c as u32);
+        }
+        if w[0] == w[1] {
+            // an empty chunk keeps an empty piece, so every chunk owns at least one
+            pieces.push(at);
+            owner.push(c as u32);
+        }
+    }
+}
+
+/// out[c] = log of the summed masses of chunk c's pieces, from their logs.
+pub fn add_piece_masses(piece_logs: &[f32], owner: &[u32], out: &mut [f32]) {
+    out.fill(f32::NEG_INFINITY);
+    for (&l, &c) in piece_logs.iter().zip(owner) {
+        out[c as usize] = log_add(out[c as usize], l);
     }
 }
 
@@ -271,7 +304,32 @@ impl Selector {
                         }
                         self.scores.resize(n_blocks * nh * nc, 0.0);
                         let per_head_scores = cfg.mode == Mode::Dhsa && head_score != HeadScore::Mean;
-                        if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows {
+                        if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows && cfg.row_pool > 0 {
+                            // the rows score pieces of at most row_pool keys (their mean keys) and
+                            // each chunk gets the mass of its pieces
+                            split_pieces(&self.starts, cfg.row_pool, &mut self.pieces, &mut self.owner);
+                            let np = self.pieces.len() - 1;
+                            self.pkeys.resize(np * nh * dk, 0.0);
+                            self.pscores.resize(n_blocks * nh * np, 0.0);
+                            unsafe {
+                                kernels::chunk_keys(op, i3, &self.pieces, false, &mut self.pkeys, n_threads);
+                                kernels::query_chunk_mass(
+                                    op,
+                                    i3,
+                                    q_block,
+                                    cfg.row_step,
+                                    &self.last,
+                                    &self.pieces,
+                                    &self.pkeys,
+                                    &mut self.pscores,
+                                    n_threads,
+                                )
+                            };
+                            for (row, prow) in self.scores.chunks_exact_mut(nc).zip(self.pscores.chunks_exact(np)) {
+                                add_piece_masses(prow, &self.owner, row);
+                                per_key(row, &self.starts);
+                            }
+                        } else if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows {
                             unsafe {
                                 kernels::query_chunk_mass(
                                     op,
@@ -507,5 +565,33 @@ impl Selector {
             self.order.truncate(room);
         }
         self.ranges.extend(self.order.iter().map(|&j| (j as i32, j as i32 + 1)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{add_piece_masses, split_pieces};
+
+    #[test]
+    fn pieces_cover_each_chunk_in_order_and_no_longer_than_the_pool() {
+        let starts = [0, 8, 11, 11, 40];
+        let (mut pieces, mut owner) = (vec![], vec![]);
+        split_pieces(&starts, 4, &mut pieces, &mut owner);
+        assert_eq!(pieces, [0, 4, 8, 11, 11, 15, 19, 23, 27, 31, 35, 39, 40]);
+        assert_eq!(owner, [0, 0, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3]);
+        split_pieces(&starts, 64, &mut pieces, &mut owner);
+        assert_eq!(pieces, starts, "a pool at least as long as every chunk keeps the chunks");
+        assert_eq!(owner, [0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_chunk_gets_the_summed_mass_of_its_pieces() {
+        let logs = [0.5f32.ln(), 0.25f32.ln(), f32::NEG_INFINITY, 0.125f32.ln(), 0.0625f32.ln()];
+        let mut out = [0.0f32; 3];
+        add_piece_masses(&logs, &[0, 0, 1, 2, 2], &mut out);
+        let want = [0.75f64.ln(), f64::NEG_INFINITY, 0.1875f64.ln()];
+        for (g, w) in out.iter().zip(want) {
+            assert!(g == &(w as f32) || (*g as f64 - w).abs() < 1e-6, "{out:?} against {want:?}");
+        }
     }
 }

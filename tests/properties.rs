@@ -190,6 +190,7 @@ fn sparse_config(mode: Mode, budget: usize, seed: u64) -> Config {
         tau: *r.pick(&[0.0, 0.5, 0.95]),
         head_score: *r.pick(&[HeadScore::Auto, HeadScore::Mean, HeadScore::Rows]),
         row_step: *r.pick(&[1, 3]),
+        row_pool: *r.pick(&[0, 1, 3]),
         ..Config::default()
     }
 }
