@@ -295,7 +295,8 @@ impl Selector {
                         let nc = self.starts.len() - 1;
                         let head_score = cfg.head_score.on_cpu();
                         let probed = cfg.mode == Mode::Dhsa && head_score == HeadScore::Probe;
-                        if !probed {
+                        let pooled = cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows && cfg.row_pool > 0;
+                        if !probed && !pooled {
                             self.ckeys.resize(nc * nh * dk, 0.0);
                             let normalised = sqrt_normalised(cfg);
                             unsafe {
@@ -304,32 +305,21 @@ impl Selector {
                         }
                         self.scores.resize(n_blocks * nh * nc, 0.0);
                         let per_head_scores = cfg.mode == Mode::Dhsa && head_score != HeadScore::Mean;
-                        if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows && cfg.row_pool > 0 {
-                            // the rows score pieces of at most row_pool keys (their mean keys) and
-                            // each chunk gets the mass of its pieces
-                            split_pieces(&self.starts, cfg.row_pool, &mut self.pieces, &mut self.owner);
-                            let np = self.pieces.len() - 1;
-                            self.pkeys.resize(np * nh * dk, 0.0);
-                            self.pscores.resize(n_blocks * nh * np, 0.0);
-                            unsafe {
-                                kernels::chunk_keys(op, i3, &self.pieces, false, &mut self.pkeys, n_threads);
-                                kernels::query_chunk_mass(
-                                    op,
-                                    i3,
-                                    q_block,
-                                    cfg.row_step,
-                                    &self.last,
-                                    &self.pieces,
-                                    &self.pkeys,
-                                    &mut self.pscores,
-                                    n_threads,
-                                )
-                            };
-                            for (row, prow) in self.scores.chunks_exact_mut(nc).zip(self.pscores.chunks_exact(np)) {
-                                add_piece_masses(prow, &self.owner, row);
-                                per_key(row, &self.starts);
+                        if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows {
+                            // the rows score pieces of at most row_pool keys of each chunk (whole
+                            // chunks with 0) and each chunk gets the mass of its pieces
+                            if pooled {
+                                split_pieces(&self.starts, cfg.row_pool, &mut self.pieces, &mut self.owner);
+                                self.pkeys.resize((self.pieces.len() - 1) * nh * dk, 0.0);
+                                unsafe { kernels::chunk_keys(op, i3, &self.pieces, false, &mut self.pkeys, n_threads) };
                             }
-                        } else if cfg.mode == Mode::Dhsa && head_score == HeadScore::Rows {
+                            let (starts, keys, out) = if pooled {
+                                (&self.pieces, &self.pkeys, &mut self.pscores)
+                            } else {
+                                (&self.starts, &self.ckeys, &mut self.scores)
+                            };
+                            let np = starts.len() - 1;
+                            out.resize(n_blocks * nh * np, 0.0);
                             unsafe {
                                 kernels::query_chunk_mass(
                                     op,
@@ -337,13 +327,16 @@ impl Selector {
                                     q_block,
                                     cfg.row_step,
                                     &self.last,
-                                    &self.starts,
-                                    &self.ckeys,
-                                    &mut self.scores,
+                                    starts,
+                                    keys,
+                                    out,
                                     n_threads,
                                 )
                             };
-                            for row in self.scores.chunks_exact_mut(nc) {
+                            for (b, row) in self.scores.chunks_exact_mut(nc).enumerate() {
+                                if pooled {
+                                    add_piece_masses(&self.pscores[b * np..(b + 1) * np], &self.owner, row);
+                                }
                                 per_key(row, &self.starts);
                             }
                         } else if per_head_scores {
