@@ -63,9 +63,8 @@ impl Stats {
     /// and can leave a line unfinished when the plugin writes its own.
     pub fn parse_line(line: &str) -> Option<Stats> {
         let at = line.find("dhsa-stats {")?;
-        let json = &line[at + "dhsa-stats ".len()..];
-        let end = json.find('}')?;
-        serde_json::from_str(&json[..=end]).ok()
+        // the first JSON value after the marker; text after it is someone else's
+        serde_json::Deserializer::from_str(&line[at + "dhsa-stats ".len()..]).into_iter().next()?.ok()
     }
 }
 
@@ -127,7 +126,7 @@ mod tests {
     #[test]
     fn a_stats_line_parses_after_other_text_and_before_more() {
         let s = Stats {
-            device: "DHSA".into(),
+            device: "DHSA {a}".into(),
             ops: 7,
             dense_ops: 7,
             keys_visible: 10,
